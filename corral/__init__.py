@@ -1,0 +1,1 @@
+"""corral: schedule and run distributed training jobs."""
