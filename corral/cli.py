@@ -28,17 +28,27 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a UserError anywhere becomes one line on stderr and exit code 2."""
+    """Run the CLI; a UserError or a usage mistake becomes one line on stderr and exit code 2."""
+    from typer.exceptions import Abort, TyperException
+
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except SystemExit as exc:  # raised by typer.Exit inside commands
-        return int(exc.code or 0)
-    return 0
+    except TyperException as exc:  # unknown option, bad value, missing argument
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except (Abort, KeyboardInterrupt):
+        return 130
+    return int(code or 0) if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -1,0 +1,64 @@
+"""CLI commands of the job runtime: `corral run` and `corral doctor`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def run(
+    ctx: typer.Context,
+    script: Annotated[str, typer.Argument(help="Training script (.py) or executable, followed by its own arguments.")],
+    nproc: Annotated[int, typer.Option("--nproc", "-n", help="Worker processes to start.")] = 1,
+    max_restarts: Annotated[int, typer.Option(help="Restart the whole gang this many times on a failure.")] = 0,
+    master_port: Annotated[Optional[int], typer.Option(help="Rendezvous port (default: a free port).")] = None,
+    log_dir: Annotated[Optional[Path], typer.Option(help="Also write each rank's output to DIR/rank-N.log.")] = None,
+    grace_period: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping workers.")] = 3.0,
+) -> None:
+    """Run SCRIPT on N local workers with torchrun's environment; restart the gang on failure."""
+    from corral.runtime.launch import LaunchConfig, launch
+
+    cfg = LaunchConfig(
+        script=script, args=list(ctx.args), nproc=nproc, max_restarts=max_restarts, master_port=master_port,
+        log_dir=log_dir, grace_period=grace_period,
+    )
+    result = launch(cfg)
+    raise typer.Exit(result.exit_code)
+
+
+def doctor() -> None:
+    """Check that this machine can train: versions, devices, backends, /dev/shm, a 2-process all-reduce."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from corral.runtime.doctor import missing, run_checks
+
+    console = Console()
+    with console.status("checking (a 2-process gloo all-reduce takes a few seconds)..."):
+        checks = run_checks()
+    table = Table(title="corral doctor")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("", justify="center")
+    for c in checks:
+        mark = "[green]ok[/]" if c.ok else ("[red]missing[/]" if c.required else "[yellow]warn[/]")
+        table.add_row(c.name, c.value, mark)
+    console.print(table)
+    problem = missing(checks)
+    if problem:
+        print(f"cannot train on this machine: {problem}", file=sys.stderr)
+        raise typer.Exit(1)
+    console.print("[green]this machine can train on CPU[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the runtime's commands to `app`."""
+    app.command(
+        "run",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                          "allow_interspersed_args": False},
+    )(run)
+    app.command("doctor")(doctor)

@@ -1,0 +1,100 @@
+"""Every environment variable corral reads or sets, one small function each.
+
+The launcher writes the torchrun variables; the Job API reads them. Keeping
+the names in one module means a worker started by torchrun, by `corral run`
+or by the service sees the same contract.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Exit code of a worker that was asked to stop (SIGTERM), saved a checkpoint
+# and exited cleanly: 75 is EX_TEMPFAIL in sysexits.h, "try again later".
+from corral import PREEMPTED_EXIT_CODE
+
+
+CHECKPOINT_DIR = "CORRAL_CHECKPOINT_DIR"
+STRAGGLER = "CORRAL_STRAGGLER"
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def rank() -> int:
+    """Global rank of this worker (0 without a launcher)."""
+    return _int("RANK", 0)
+
+
+def local_rank() -> int:
+    """Rank of this worker on its node (0 without a launcher)."""
+    return _int("LOCAL_RANK", 0)
+
+
+def world_size() -> int:
+    """Number of workers in the job (1 without a launcher)."""
+    return _int("WORLD_SIZE", 1)
+
+
+def local_world_size() -> int:
+    """Number of workers on this node."""
+    return _int("LOCAL_WORLD_SIZE", world_size())
+
+
+def restart_count() -> int:
+    """How many times the launcher restarted this gang."""
+    return _int("TORCHELASTIC_RESTART_COUNT", 0)
+
+
+def under_launcher() -> bool:
+    """True when a launcher (corral run or torchrun) set the rendezvous variables."""
+    return "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ and "RANK" in os.environ
+
+
+def checkpoint_dir() -> str | None:
+    """Directory the service asks the job to checkpoint into, if any."""
+    return os.environ.get(CHECKPOINT_DIR) or None
+
+
+def straggler_factor(rank_: int) -> float:
+    """Slow-down factor for this rank from CORRAL_STRAGGLER="RANK:FACTOR[,RANK:FACTOR]" (experiments only)."""
+    spec = os.environ.get(STRAGGLER, "")
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        r, _, factor = item.partition(":")
+        if int(r) == rank_:
+            return float(factor)
+    return 1.0
+
+
+def worker_env(
+    *,
+    rank_: int,
+    world_size_: int,
+    master_addr: str,
+    master_port: int,
+    restart_count_: int,
+    max_restarts: int,
+    run_id: str,
+) -> dict[str, str]:
+    """The variables torchrun sets for one worker on a single node."""
+    return {
+        "RANK": str(rank_),
+        "LOCAL_RANK": str(rank_),
+        "WORLD_SIZE": str(world_size_),
+        "LOCAL_WORLD_SIZE": str(world_size_),
+        "GROUP_RANK": "0",
+        "GROUP_WORLD_SIZE": "1",
+        "ROLE_RANK": str(rank_),
+        "ROLE_WORLD_SIZE": str(world_size_),
+        "ROLE_NAME": "default",
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "TORCHELASTIC_RESTART_COUNT": str(restart_count_),
+        "TORCHELASTIC_MAX_RESTARTS": str(max_restarts),
+        "TORCHELASTIC_RUN_ID": run_id,
+        # The launcher hosts the TCPStore (a fresh one per attempt), so every
+        # rank connects as a client and no rank reads a dead gang's keys.
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }

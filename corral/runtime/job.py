@@ -1,0 +1,545 @@
+"""The Job API: a PyTorch training loop opts into distribution, accumulation, precision and checkpoints.
+
+    job = corral.init(strategy="ddp", precision="bf16", grad_accum=2, checkpoint_every=100)
+    model, optimizer, loader = job.prepare(model, optimizer, dataset, batch_size=32)
+    for epoch in job.epochs(10):
+        for x, y in loader:
+            job.step(F.cross_entropy(model(x), y))
+    job.finish()
+
+Collective calls (`step` on a sync boundary, `save`, `log`, `finish`) must be
+made by every rank in the same order, as with torch.distributed itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from corral.errors import UserError
+from corral.runtime import checkpoint as ckpt
+from corral.runtime import env
+from corral.runtime.partition import (
+    EpochPlan,
+    Segment,
+    check_partition,
+    history_from_state,
+    history_to_state,
+)
+from corral.runtime.strategies import STRATEGIES, Strategy, get_strategy
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class StepStats:
+    """Timing of the job's optimizer steps, for logs and the control plane."""
+
+    last_step_s: float = 0.0
+    samples: int = 0
+    started: float = 0.0
+
+
+class ShardedLoader:
+    """Iterates this rank's batches of the current epoch; resumable mid-epoch at any world size."""
+
+    def __init__(
+        self,
+        job: Job,
+        dataset: Any,
+        batch_size: int,
+        *,
+        partition: str,
+        shuffle: bool,
+        drop_last: bool,
+        costs: Sequence[float] | None,
+        key: Callable[[int], Any] | None,
+        collate_fn: Callable[[list[Any]], Any] | None,
+        num_workers: int,
+    ) -> None:
+        self.job = job
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.partition = partition
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.costs = None if costs is None else np.asarray(costs, dtype=np.float64)
+        self.key = key
+        self.collate_fn = collate_fn
+        self.num_workers = num_workers
+        self.batches_done = 0  # batches of the current segment whose gradients are in the model
+        self.yielded = 0  # batches of the current segment handed to the user
+        self._plan: EpochPlan | None = None
+        # TensorDatasets are indexed with one gather per batch instead of one
+        # __getitem__ per sample: same samples, much less Python per step.
+        self._tensors = getattr(dataset, "tensors", None) if isinstance(dataset, torch.utils.data.TensorDataset) else None
+
+    def plan(self) -> EpochPlan:
+        """This rank's plan for the job's current epoch (after what earlier segments consumed)."""
+        job = self.job
+        if self._plan is None or self._plan.epoch != job.epoch or self._plan.history != job._history:
+            self._plan = EpochPlan(
+                n=len(self.dataset), epoch=job.epoch, rank=job.rank, world_size=job.world_size,
+                batch_size=self.batch_size, kind=self.partition, seed=job.seed, shuffle=self.shuffle,
+                drop_last=self.drop_last, history=job._history, costs=self.costs, key=self.key,
+            )
+            self.batches_done = self.yielded = 0
+        return self._plan
+
+    def __len__(self) -> int:
+        return self.plan().num_batches
+
+    def _fetch(self, idx: np.ndarray) -> Any:
+        if self._tensors is not None:
+            index = torch.from_numpy(idx)
+            return [t[index] for t in self._tensors]
+        items = [self.dataset[int(i)] for i in idx]
+        collate = self.collate_fn or torch.utils.data.default_collate
+        return collate(items)
+
+    def __iter__(self) -> Iterator[Any]:
+        plan = self.plan()
+        job = self.job
+        start = self.batches_done
+        job._loader = self
+        for b in range(start, plan.num_batches):
+            batch = _to_device(self._fetch(plan.batch(b)), job.device)
+            job._begin_micro_step(last_of_epoch=b == plan.num_batches - 1)
+            self.yielded = b + 1
+            yield batch
+        job._end_micro_step_context()
+
+    def segment(self) -> Segment:
+        """The part of the epoch consumed so far (whose gradients are in the model)."""
+        return self.plan().consumed_after(self.batches_done)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True) if batch.device != device else batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Job:
+    """One worker's view of a training job: rank, device, strategy, checkpoints and the step loop."""
+
+    def __init__(
+        self,
+        *,
+        strategy: str = "ddp",
+        precision: str = "fp32",
+        grad_accum: int = 1,
+        max_grad_norm: float | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        seed: int = 0,
+        **strategy_options: Any,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {strategy!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if grad_accum < 1:
+            raise UserError(f"grad_accum must be >= 1, got {grad_accum}")
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise UserError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise UserError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+
+        self.rank = env.rank()
+        self.local_rank = env.local_rank()
+        self.world_size = env.world_size()
+        self.is_main = self.rank == 0
+        self.device = self._pick_device()
+        if precision == "fp16" and self.device.type != "cuda":
+            raise UserError("precision 'fp16' needs a CUDA device (it uses a GradScaler); use 'bf16' or 'fp32' on CPU")
+        self.precision = precision
+        self.grad_accum = grad_accum
+        self.max_grad_norm = max_grad_norm
+        self.checkpoint_every = checkpoint_every
+        self.seed = seed
+        ckpt_dir = checkpoint_dir if checkpoint_dir is not None else env.checkpoint_dir()
+        self.checkpoint_dir = Path(ckpt_dir) if ckpt_dir else None
+
+        self.step_count = 0
+        self.epoch = 0
+        self.state: dict[str, Any] = {}
+        self.stats = StepStats(started=time.perf_counter())
+        self.restored_from: int | None = None  # optimizer step of the checkpoint we resumed from
+        self._history: tuple[Segment, ...] = ()
+        self._micro = 0
+        self._sync_ctx: contextlib.ExitStack | None = None
+        self._boundary_next = True
+        self._from_loader = False  # the current micro-step's batch came from our loader
+        self._loader: ShardedLoader | None = None
+        self._model: nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scaler: torch.amp.GradScaler | None = None
+        self._stop_requested = False
+        self._stop_flag: torch.Tensor | None = None
+        self._stop_work: Any = None
+        self._last_boundary = time.perf_counter()
+        self._straggle = env.straggler_factor(self.rank)
+
+        self._init_process_group()
+        self.strategy: Strategy = get_strategy(
+            strategy, world_size=self.world_size, device=self.device, **strategy_options
+        )
+        _seed_everything(seed)
+        self._payload = ckpt.load(ckpt.checkpoint_path(self.checkpoint_dir)) if self.checkpoint_dir else None
+        if self._payload is not None:
+            self.step_count = int(self._payload["step"])
+            self.epoch = int(self._payload["epoch"])
+            self.state = dict(self._payload.get("state", {}))
+            self._history = history_from_state(self._payload["sampler"]["history"])
+            self.restored_from = self.step_count
+        self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, no preemption
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    # -- set-up -------------------------------------------------------------
+
+    def _pick_device(self) -> torch.device:
+        if torch.cuda.is_available():
+            index = self.local_rank % torch.cuda.device_count()
+            torch.cuda.set_device(index)
+            return torch.device("cuda", index)
+        return torch.device("cpu")
+
+    def _init_process_group(self) -> None:
+        if dist.is_initialized() or not (env.under_launcher() or self.world_size > 1):
+            return
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=dt.timedelta(minutes=10))
+        if self.world_size > 1:
+            # A second gloo group carries the preemption vote asynchronously,
+            # so it never queues behind the gradient all-reduces.
+            self._ctrl_group = dist.new_group(backend="gloo")
+            self._stop_flag = torch.zeros(1)
+
+    @property
+    def distributed(self) -> bool:
+        """True when a process group with more than one rank is running."""
+        return dist.is_initialized() and self.world_size > 1
+
+    def prepare(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dataset: Any,
+        batch_size: int,
+        partition: str = "strided",
+        shuffle: bool = True,
+        drop_last: bool = False,
+        *,
+        costs: Sequence[float] | None = None,
+        key: Callable[[int], Any] | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
+    ) -> tuple[nn.Module, torch.optim.Optimizer, ShardedLoader]:
+        """Move and wrap the model for the strategy, restore a checkpoint, and build this rank's loader.
+
+        Args:
+            model: the user's module (constructed identically on every rank).
+            optimizer: an optimizer over `model.parameters()`.
+            dataset: a map-style dataset (len and integer indexing).
+            batch_size: samples per worker per micro-step.
+            partition: "strided", "range", "hash" or "balanced" (needs `costs`).
+        Returns:
+            (model, optimizer, loader) in the order given; iterate the loader once per epoch.
+        """
+        check_partition(partition)
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        model.to(self.device)
+        if self._payload is not None:
+            self.strategy.load_state_dict(model, self._payload["model"])
+            optimizer.load_state_dict(self._payload["optimizer"])
+        if self.precision == "bf16":
+            # Patch forward (as Accelerate does) so the user's own forward call autocasts.
+            model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
+        elif self.precision == "fp16":
+            model.forward = torch.autocast(self.device.type, dtype=torch.float16)(model.forward)
+            self._scaler = torch.amp.GradScaler(self.device.type)
+            if self._payload is not None and "scaler" in self._payload:
+                self._scaler.load_state_dict(self._payload["scaler"])
+        self._model = self.strategy.wrap_model(model)
+        self._optimizer = optimizer
+        self._loader = ShardedLoader(
+            self, dataset, batch_size, partition=partition, shuffle=shuffle, drop_last=drop_last,
+            costs=costs, key=key, collate_fn=collate_fn, num_workers=num_workers,
+        )
+        if self._payload is not None:
+            _restore_rng(self._payload.get("rng", []), self.rank)
+            self._payload = None  # free the memory; everything is restored
+        return self._model, optimizer, self._loader
+
+    # -- the loop -----------------------------------------------------------
+
+    def epochs(self, n: int) -> Iterator[int]:
+        """Yield epoch numbers up to `n`, starting after the last completed one when resuming."""
+        if n < 0:
+            raise UserError(f"number of epochs must be >= 0, got {n}")
+        while self.epoch < n:
+            yield self.epoch
+            self._flush_accumulation()
+            self.epoch += 1
+            self._history = ()
+            if self.checkpoint_dir is not None:
+                self.save()
+
+    def _begin_micro_step(self, *, last_of_epoch: bool) -> None:
+        """Called by the loader before it yields a batch: open no_sync unless this micro-step syncs."""
+        self._end_micro_step_context()
+        boundary = (self._micro + 1) % self.grad_accum == 0 or last_of_epoch
+        self._boundary_next = boundary
+        self._from_loader = True
+        if not boundary and self._model is not None:
+            # The decision must precede the forward pass: DDP prepares its
+            # reducer during forward, so no_sync() opens before the batch is used.
+            self._sync_ctx = contextlib.ExitStack()
+            self._sync_ctx.enter_context(self.strategy.no_sync(self._model))
+
+    def _end_micro_step_context(self) -> None:
+        if self._sync_ctx is not None:
+            self._sync_ctx.close()
+            self._sync_ctx = None
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward `loss` scaled by 1/grad_accum; on an accumulation boundary sync, clip, step, zero, checkpoint."""
+        if self._optimizer is None or self._model is None:
+            raise UserError("call job.prepare(model, optimizer, dataset, ...) before job.step(loss)")
+        # Without our loader there is no look-ahead: every grad_accum-th call syncs.
+        boundary = self._boundary_next if self._from_loader else (self._micro + 1) % self.grad_accum == 0
+        scaled = loss / self.grad_accum
+        (self._scaler.scale(scaled) if self._scaler else scaled).backward()
+        self._end_micro_step_context()
+        if self._from_loader and self._loader is not None:
+            self.stats.samples += self._loader.batch_size * self.world_size
+        self._from_loader = False
+        self._micro += 1
+        if boundary:
+            self._optimizer_step()
+
+    def _flush_accumulation(self) -> None:
+        """An epoch ended mid-accumulation (the user skipped batches): apply what was accumulated."""
+        self._end_micro_step_context()
+        if self._micro == 0 or self._optimizer is None or self._model is None:
+            return
+        if self.distributed:
+            # These micro-steps ran under no_sync(): average their gradients by hand.
+            for p in self._model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+        self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
+        assert self._optimizer is not None and self._model is not None
+        opt = self._optimizer
+        if self._scaler is not None:
+            self._scaler.unscale_(opt)
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.max_grad_norm)
+        if self._scaler is not None:
+            self._scaler.step(opt)
+            self._scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        self._micro = 0
+        self.step_count += 1
+        if self._loader is not None:
+            # Everything yielded so far is now inside the model's weights.
+            self._loader.batches_done = self._loader.yielded
+        self._straggler_delay()
+        if self.checkpoint_every and self.step_count % self.checkpoint_every == 0 and self.checkpoint_dir:
+            self.save()
+        if self._should_stop():
+            self._exit_preempted()
+
+    def _straggler_delay(self) -> None:
+        now = time.perf_counter()
+        self.stats.last_step_s = now - self._last_boundary
+        if self._straggle > 1.0:
+            time.sleep((self._straggle - 1.0) * self.stats.last_step_s)
+            now = time.perf_counter()
+        self._last_boundary = now
+
+    # -- preemption ---------------------------------------------------------
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+
+    def _should_stop(self) -> bool:
+        """Agree across ranks whether to stop: a vote started at the previous step, read now."""
+        if not self.distributed or self._stop_flag is None:
+            return self._stop_requested
+        decided = False
+        if self._stop_work is not None:
+            self._stop_work.wait()
+            decided = bool(self._stop_flag.item() > 0)
+        if not decided:
+            # Launch the next vote; it completes while the next step computes,
+            # so every rank reads the same answer one step later at no cost.
+            self._stop_flag.fill_(1.0 if self._stop_requested else 0.0)
+            self._stop_work = dist.all_reduce(self._stop_flag, group=self._ctrl_group, async_op=True)
+        return decided
+
+    def _exit_preempted(self) -> None:
+        if self.checkpoint_dir is not None:
+            self.save()
+        if self.is_main:
+            print(f"[corral] preempted at step {self.step_count}: checkpoint saved, exiting {env.PREEMPTED_EXIT_CODE}",
+                  flush=True)
+        self._teardown()
+        sys.exit(env.PREEMPTED_EXIT_CODE)
+
+    # -- checkpoints, metrics, end -----------------------------------------
+
+    def save(self) -> None:
+        """Write a checkpoint (every rank must call it; rank 0 writes the file atomically)."""
+        if self.checkpoint_dir is None or self._model is None or self._optimizer is None:
+            return
+        rng = _rng_state()
+        if self.distributed:
+            states: list[Any] = [None] * self.world_size
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if self.is_main:
+            history = self._history
+            if self._loader is not None and self._loader._plan is not None and self._loader.batches_done:
+                history = history + (self._loader.segment(),)
+            payload = {
+                "step": self.step_count,
+                "epoch": self.epoch,
+                "model": self.strategy.state_dict(self._model),
+                "optimizer": self._optimizer.state_dict(),
+                "sampler": {"history": history_to_state(history)},
+                "rng": states,
+                "state": self.state,
+                "world_size": self.world_size,
+                "saved_at": time.time(),
+            }
+            if self._scaler is not None:
+                payload["scaler"] = self._scaler.state_dict()
+            ckpt.save_atomic(payload, ckpt.checkpoint_path(self.checkpoint_dir))
+        if self.distributed:
+            dist.barrier()
+
+    def log(self, **metrics: float) -> dict[str, float]:
+        """Average `metrics` over ranks; the main rank prints them and appends them to metrics.jsonl."""
+        names = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in names], dtype=torch.float64)
+        if self.distributed and names:
+            dist.all_reduce(values)
+            values /= self.world_size
+        averaged = {k: float(v) for k, v in zip(names, values.tolist())}
+        if self.is_main:
+            record = {"step": self.step_count, "epoch": self.epoch, "time": time.time(), **averaged}
+            _console().print(
+                f"[bold]step {self.step_count}[/] epoch {self.epoch} "
+                + " ".join(f"{k}=[cyan]{v:.4g}[/]" for k, v in averaged.items())
+            )
+            if self.checkpoint_dir is not None:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.checkpoint_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        return averaged
+
+    def finish(self) -> None:
+        """Save a final checkpoint (when a directory is set) and leave the process group."""
+        self._flush_accumulation()
+        if self.checkpoint_dir is not None:
+            self.save()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        self._end_micro_step_context()
+        if self._stop_work is not None:
+            with contextlib.suppress(Exception):
+                self._stop_work.wait()
+            self._stop_work = None
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+
+
+def init(
+    strategy: str = "ddp",
+    precision: str = "fp32",
+    grad_accum: int = 1,
+    max_grad_norm: float | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    seed: int = 0,
+    **strategy_options: Any,
+) -> Job:
+    """Join the job: read the launcher's environment, start the process group, resume a checkpoint."""
+    return Job(
+        strategy=strategy, precision=precision, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, seed=seed, **strategy_options,
+    )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(states: list[Any], rank: int) -> None:
+    """Restore this rank's RNG; a rank that did not exist at save time keeps its fresh seed."""
+    if rank >= len(states) or states[rank] is None:
+        return
+    s = states[rank]
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+_CONSOLE = None
+
+
+def _console() -> Any:
+    global _CONSOLE
+    if _CONSOLE is None:
+        from rich.console import Console
+
+        _CONSOLE = Console(highlight=False, soft_wrap=True)
+    return _CONSOLE

@@ -1,0 +1,301 @@
+"""`corral run`: start a gang of N workers with torchrun's environment, watch it, restart it.
+
+The launcher hosts the rendezvous TCPStore itself, a fresh one per attempt:
+workers connect as clients (TORCHELASTIC_USE_AGENT_STORE=True), so a restarted
+gang never reads the dead gang's keys (see TORCH-NOTES: restarting on the same
+store with stale keys hangs) and rank 0 does not pay for starting a store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from corral.errors import UserError
+from corral.runtime import env
+
+SUCCEEDED, FAILED, PREEMPTED, INTERRUPTED = "succeeded", "failed", "preempted", "interrupted"
+
+
+@dataclass
+class LaunchConfig:
+    """What `corral run` was asked to start."""
+
+    script: str
+    args: Sequence[str] = ()
+    nproc: int = 1
+    max_restarts: int = 0
+    master_port: int | None = None
+    master_addr: str = "127.0.0.1"
+    log_dir: Path | None = None
+    grace_period: float = 3.0
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LaunchResult:
+    """How the gang ended."""
+
+    state: str
+    exit_code: int
+    restarts: int
+    failed_rank: int | None = None
+
+
+def validate(cfg: LaunchConfig) -> list[str]:
+    """Check the config before anything starts; return the command that runs one worker."""
+    if cfg.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {cfg.nproc}")
+    if cfg.max_restarts < 0:
+        raise UserError(f"--max-restarts must be >= 0, got {cfg.max_restarts}")
+    if cfg.grace_period < 0:
+        raise UserError(f"--grace-period must be >= 0, got {cfg.grace_period}")
+    if cfg.master_port is not None and not 1 <= cfg.master_port <= 65535:
+        raise UserError(f"--master-port must be in 1..65535, got {cfg.master_port}")
+    script = cfg.script
+    if script.startswith("-"):
+        raise UserError(f"unknown option {script} (corral run options come before the script)")
+    if script.endswith(".py"):
+        if not Path(script).is_file():
+            raise UserError(f"script not found: {script}")
+        # -u: unbuffered, so lines reach the prefixer (and the logs) as they are printed.
+        return [sys.executable, "-u", script, *cfg.args]
+    resolved = shutil.which(script) if os.sep not in script else (script if os.access(script, os.X_OK) else None)
+    if resolved is None:
+        raise UserError(f"script not found or not executable: {script}")
+    return [resolved, *cfg.args]
+
+
+def _exit_code(returncode: int) -> int:
+    """A process's exit status as a shell reports it (killed by signal N -> 128+N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class _Store:
+    """The rendezvous store the launcher hosts for one attempt."""
+
+    def __init__(self, addr: str, port: int | None, world_size: int) -> None:
+        import datetime as dt
+
+        from torch.distributed import TCPStore
+
+        try:
+            self.store = TCPStore(
+                addr, port or 0, world_size, is_master=True, wait_for_workers=False,
+                timeout=dt.timedelta(minutes=10),
+            )
+        except (RuntimeError, OSError) as exc:
+            if port:
+                raise UserError(
+                    f"port {port} is already in use (or cannot be bound); pick another --master-port "
+                    "or leave it out for a free one"
+                ) from exc
+            raise
+        self.port = self.store.port
+
+    def close(self) -> None:
+        del self.store
+
+
+class _Gang:
+    """The worker processes of one attempt and the threads that copy their output."""
+
+    def __init__(self, cfg: LaunchConfig, cmd: list[str], port: int, attempt: int, out: IO[bytes], err: IO[bytes]):
+        self.cfg = cfg
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+        base = dict(os.environ)
+        base.update(cfg.extra_env)
+        # Threads x processes must stay <= cores (TORCH-NOTES): one thread per
+        # worker unless the user chose otherwise, as torchrun does.
+        if cfg.nproc > 1:
+            base.setdefault("OMP_NUM_THREADS", "1")
+        if cfg.master_addr in ("127.0.0.1", "localhost"):
+            base.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        base["PYTHONUNBUFFERED"] = "1"
+        if out.isatty() if hasattr(out, "isatty") else False:
+            base.setdefault("FORCE_COLOR", "1")  # rich in the workers keeps its colours through the pipe
+        self.logs: list[IO[bytes] | None] = []
+        for rank in range(cfg.nproc):
+            worker_env = dict(base)
+            worker_env.update(env.worker_env(
+                rank_=rank, world_size_=cfg.nproc, master_addr=cfg.master_addr, master_port=port,
+                restart_count_=attempt, max_restarts=cfg.max_restarts, run_id=cfg.run_id,
+            ))
+            log = None
+            if cfg.log_dir is not None:
+                log = open(cfg.log_dir / f"rank-{rank}.log", "ab")
+                if attempt:
+                    log.write(f"--- restart {attempt} ---\n".encode())
+                    log.flush()
+            self.logs.append(log)
+            # A new session per worker: signals reach the worker and its own
+            # children (data-loader processes) through its process group.
+            proc = subprocess.Popen(
+                cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+            self.procs.append(proc)
+            for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
+                t = threading.Thread(target=self._pump, args=(rank, stream, sink, log), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, rank: int, stream: IO[bytes] | None, sink: IO[bytes], log: IO[bytes] | None) -> None:
+        assert stream is not None
+        prefix = f"[rank {rank}] ".encode()
+        for line in iter(stream.readline, b""):
+            with self.lock:
+                sink.write(prefix + line)
+                sink.flush()
+                if log is not None:
+                    log.write(line)
+                    log.flush()
+        stream.close()
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to every worker still running (and its process group)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    def alive(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM every worker, then SIGKILL whoever is left after `grace` seconds."""
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.signal(signal.SIGKILL)
+        for p in self.procs:
+            p.wait()
+
+    def close(self) -> None:
+        for t in self.threads:
+            t.join(timeout=5)
+        for log in self.logs:
+            if log is not None:
+                log.close()
+
+
+class _Signals:
+    """Records SIGINT/SIGTERM sent to the launcher so the loop can forward them."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, lambda s, f: self.received.append(s))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | None = None) -> LaunchResult:
+    """Run the gang to the end: restart it on failure while restarts remain; return how it ended."""
+    cmd = validate(cfg)
+    out = out or sys.stdout.buffer
+    err = err or sys.stderr.buffer
+    if cfg.log_dir is not None:
+        cfg.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(msg: str) -> None:
+        err.write(f"[corral] {msg}\n".encode())
+        err.flush()
+
+    attempt = 0
+    with _Signals() as signals:
+        while True:
+            store = _Store(cfg.master_addr, cfg.master_port, cfg.nproc)
+            say(f"starting {cfg.nproc} worker(s), attempt {attempt + 1}/{cfg.max_restarts + 1}, "
+                f"rendezvous {cfg.master_addr}:{store.port}")
+            gang = _Gang(cfg, cmd, store.port, attempt, out, err)
+            try:
+                outcome = _watch(gang, cfg, signals, say)
+            finally:
+                if gang.alive():
+                    gang.stop(cfg.grace_period)
+                gang.close()
+                store.close()
+            if outcome.state == FAILED and attempt < cfg.max_restarts and not signals.received:
+                attempt += 1
+                say(f"restarting the gang ({attempt}/{cfg.max_restarts}) after rank {outcome.failed_rank} failed")
+                continue
+            outcome.restarts = attempt
+            if outcome.state == SUCCEEDED:
+                say(f"all {cfg.nproc} worker(s) succeeded")
+            elif outcome.state == PREEMPTED:
+                say(f"preempted: checkpoint saved, exit code {env.PREEMPTED_EXIT_CODE}")
+            return outcome
+
+
+def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> LaunchResult:
+    """Wait for the gang to end; stop it as soon as one worker fails."""
+    forwarded = 0
+    while True:
+        while forwarded < len(signals.received):
+            sig = signals.received[forwarded]
+            forwarded += 1
+            if forwarded == 1:
+                say(f"received {signal.Signals(sig).name}: forwarding to every worker")
+                gang.signal(sig)
+            else:
+                say("second signal: killing every worker")
+                gang.signal(signal.SIGKILL)
+        codes = [p.poll() for p in gang.procs]
+        for rank, code in enumerate(codes):
+            if code not in (None, 0, env.PREEMPTED_EXIT_CODE) and not signals.received:
+                say(f"rank {rank} failed ({_describe(code)}); stopping the other workers")
+                gang.stop(cfg.grace_period)
+                return LaunchResult(FAILED, _exit_code(code), 0, failed_rank=rank)
+        if all(c is not None for c in codes):
+            break
+        if env.PREEMPTED_EXIT_CODE in codes:
+            # One rank saved and stopped: its peers agreed to stop at the same
+            # step, so give them the grace period to finish, then end them.
+            deadline = time.monotonic() + max(cfg.grace_period, 1.0)
+            while gang.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            gang.stop(0)
+            codes = [p.poll() for p in gang.procs]
+            break
+        time.sleep(0.02)
+    if env.PREEMPTED_EXIT_CODE in codes:
+        return LaunchResult(PREEMPTED, env.PREEMPTED_EXIT_CODE, 0)
+    if all(c == 0 for c in codes):
+        return LaunchResult(SUCCEEDED, 0, 0)
+    # Ended by a signal to the launcher without the Job API's clean exit.
+    worst = next(c for c in codes if c not in (0, None))
+    return LaunchResult(INTERRUPTED if signals.received else FAILED, _exit_code(worst), 0,
+                        failed_rank=codes.index(worst))
