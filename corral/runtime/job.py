@@ -411,6 +411,9 @@ class Job:
         if self.is_main:
             print(f"[corral] preempted at step {self.step_count}: checkpoint saved, exiting {env.PREEMPTED_EXIT_CODE}",
                   flush=True)
+        if self.distributed:
+            with contextlib.suppress(Exception):
+                dist.barrier()
         self._teardown()
         sys.exit(env.PREEMPTED_EXIT_CODE)
 
@@ -472,14 +475,21 @@ class Job:
         self._flush_accumulation()
         if self.checkpoint_dir is not None:
             self.save()
+        if self.distributed:
+            # Nobody tears down gloo while a peer may still talk to it (that aborts the peer).
+            self._wait_vote()
+            dist.barrier()
         self._teardown()
 
-    def _teardown(self) -> None:
-        self._end_micro_step_context()
+    def _wait_vote(self) -> None:
         if self._stop_work is not None:
             with contextlib.suppress(Exception):
                 self._stop_work.wait()
             self._stop_work = None
+
+    def _teardown(self) -> None:
+        self._end_micro_step_context()
+        self._wait_vote()
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()

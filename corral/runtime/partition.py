@@ -141,11 +141,15 @@ class EpochPlan:
         if self.drop_last:
             per_rank = (min(self.lengths) // self.batch_size) * self.batch_size
             return part[:per_rank]
-        target = max(self.lengths) if self.lengths else 0
-        if len(part) == target:
+        # Every rank must run the same number of batches (DDP would hang), but
+        # not the same number of samples: a shorter last batch is fine. Only a
+        # rank that would run one batch fewer repeats samples, as few as it can
+        # (like torch's DistributedSampler); a repeat is never counted as consumed.
+        b = self.batch_size
+        batches = -(-max(self.lengths) // b) if self.lengths else 0
+        target = max(len(part), (batches - 1) * b + 1) if batches else 0
+        if len(part) >= target:
             return part
-        # Like torch's DistributedSampler: repeat samples to fill; a padded
-        # sample is seen twice in the epoch but never counted as consumed twice.
         filler = part if len(part) else self.pool[: max(1, target)]
         reps = -(-(target - len(part)) // max(1, len(filler)))
         return np.concatenate([part, np.tile(filler, reps)[: target - len(part)]])

@@ -140,10 +140,19 @@ def test_every_rank_runs_the_same_number_of_batches(n, w, b, drop_last, kind) ->
                   costs=_costs(n, 1))
         for r in range(w)
     ]
-    assert len({len(p.indices) for p in plans}) == 1
-    assert len({p.num_batches for p in plans}) == 1
+    assert len({p.num_batches for p in plans}) == 1  # DDP needs the same number of steps everywhere
     for p in plans:
+        real = p.parts[p.rank]
         assert set(p.indices.tolist()) <= set(range(n))
+        if drop_last:
+            assert len(p.indices) % b == 0 and set(p.indices.tolist()) <= set(real.tolist())
+        else:
+            # Every real sample is read; a rank repeats samples only to reach the common
+            # batch count, and then just enough for one sample in its last batch.
+            assert np.array_equal(p.indices[: len(real)], real)
+            assert len(p.indices) == max(len(real), (p.num_batches - 1) * b + 1 if p.num_batches else 0)
+            if kind in ("strided", "range"):
+                assert len(p.indices) - len(real) <= 1
 
 
 def test_strided_batches_union_to_single_worker_batches() -> None:

@@ -1,0 +1,410 @@
+"""Throughput and goodput model of data-parallel SGD, after Pollux (Qiao et al., OSDI'21, section 3).
+
+Units: times in seconds, batch sizes in samples (a *total* batch is summed over
+replicas, a *local* batch is per replica), throughput in samples per second.
+
+- Iteration time (section 3.2): T = (T_grad^g + T_sync^g)^(1/g) with
+  T_grad = alpha_c + beta_c * local_batch and T_sync = 0 for one replica,
+  alpha_n + beta_n * (replicas - 2) when every replica is on one node,
+  alpha_r + beta_r * (replicas - 2) across nodes. g >= 1 is the overlap of
+  computation and communication (1: none, large: T -> max of the two).
+- Statistical efficiency (section 3.1): EFFICIENCY(M) = (phi + M0) / (phi + M),
+  phi the gradient noise scale and M0 the batch the job was tuned for; it is the
+  progress one sample at batch M makes relative to one sample at M0.
+- Goodput = THROUGHPUT(M) * EFFICIENCY(M): samples per second, counted as
+  progress at the initial batch size M0.
+
+The simulator evaluates these for every running job at every event, so the
+scalar paths use `math` (no numpy overhead) and the batch-size optimisation is
+memoised per (model, nodes, replicas).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+# Bisection steps over log(batch): the bracket is at most a few e-folds wide,
+# so 2^-32 of it is far below a single sample.
+_BISECT_STEPS = 32
+
+
+@dataclass(frozen=True)
+class ThroughputParams:
+    """Iteration-time parameters of the Pollux model (seconds; beta_c in seconds per sample)."""
+
+    alpha_c: float  # fixed compute time per iteration
+    beta_c: float  # compute time per sample of the local batch
+    alpha_n: float = 0.0  # synchronisation time, all replicas on one node (>= 2 replicas)
+    beta_n: float = 0.0  # extra synchronisation per replica beyond 2, within a node
+    alpha_r: float = 0.0  # synchronisation time across nodes
+    beta_r: float = 0.0  # extra synchronisation per replica beyond 2, across nodes
+    gamma: float = 1.0  # overlap of compute and sync, >= 1
+
+    def __post_init__(self) -> None:
+        values = (self.alpha_c, self.beta_c, self.alpha_n, self.beta_n, self.alpha_r, self.beta_r)
+        if any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"throughput parameters must be finite and >= 0: {self}")
+        if self.alpha_c + self.beta_c <= 0:
+            raise ValueError("alpha_c + beta_c must be > 0 (an iteration takes time)")
+        if not (1.0 <= self.gamma < math.inf):
+            raise ValueError(f"gamma must be >= 1, got {self.gamma}")
+
+    def sync_time(self, num_nodes: int, num_replicas: int) -> float:
+        """Seconds of gradient synchronisation per iteration (scalar)."""
+        if num_replicas <= 1:
+            return 0.0
+        extra = max(num_replicas - 2, 0)
+        if num_nodes <= 1:
+            return self.alpha_n + self.beta_n * extra
+        return self.alpha_r + self.beta_r * extra
+
+    def step_time(self, num_nodes, num_replicas, local_batch):  # noqa: ANN001, ANN201 - scalar or array
+        """Seconds per iteration for `num_replicas` replicas on `num_nodes` nodes at `local_batch` samples each."""
+        if _is_scalar(num_nodes, num_replicas, local_batch):
+            grad = self.alpha_c + self.beta_c * float(local_batch)
+            sync = self.sync_time(int(num_nodes), int(num_replicas))
+            return _combine(grad, sync, self.gamma)
+        n, r, m = np.broadcast_arrays(
+            np.asarray(num_nodes, float), np.asarray(num_replicas, float), np.asarray(local_batch, float)
+        )
+        return _step_time_np(self.as_array()[:, None], n.ravel(), r.ravel(), m.ravel()).reshape(n.shape)
+
+    def as_array(self) -> np.ndarray:
+        """The seven parameters in field order."""
+        return np.array(
+            [self.alpha_c, self.beta_c, self.alpha_n, self.beta_n, self.alpha_r, self.beta_r, self.gamma]
+        )
+
+
+def _is_scalar(*values: object) -> bool:
+    return not any(isinstance(v, (np.ndarray, list, tuple)) for v in values)
+
+
+def _combine(grad: float, sync: float, gamma: float) -> float:
+    if sync <= 0.0:
+        return grad
+    if gamma == 1.0:
+        return grad + sync
+    # Factor out the larger term so x**gamma cannot overflow for large gamma.
+    hi, lo = (grad, sync) if grad >= sync else (sync, grad)
+    return hi * (1.0 + (lo / hi) ** gamma) ** (1.0 / gamma)
+
+
+def _sync_np(p: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
+    extra = np.maximum(r - 2.0, 0.0)
+    within = p[2] + p[3] * extra
+    across = p[4] + p[5] * extra
+    return np.where(r <= 1.0, 0.0, np.where(n <= 1.0, within, across))
+
+
+def _step_time_np(p: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Vectorised step time; `p` is (7, ...) broadcastable against n, r, m."""
+    grad = p[0] + p[1] * m
+    sync = _sync_np(p, n, r)
+    hi = np.maximum(grad, sync)
+    lo = np.minimum(grad, sync)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = np.where(hi > 0, lo / hi, 0.0)
+        return hi * (1.0 + ratio ** p[6]) ** (1.0 / p[6])
+
+
+@dataclass(frozen=True)
+class GoodputModel:
+    """Throughput, statistical efficiency and goodput of one training job (Pollux-style).
+
+    `init_batch` (M0) is the total batch the job was tuned for; the job accepts any
+    total batch in [init_batch, max_batch] (None: only init_batch) with at most
+    `max_local_batch` samples per replica (None: no memory limit). `noise_scale`
+    (phi, samples) is the gradient noise scale: 0 means a larger batch brings no
+    statistical gain, so only throughput scaling at M0 counts.
+    """
+
+    params: ThroughputParams
+    init_batch: float
+    max_batch: float | None = None
+    noise_scale: float = 0.0
+    max_local_batch: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.init_batch > 0:
+            raise ValueError(f"init_batch must be > 0, got {self.init_batch}")
+        if self.max_batch is not None and self.max_batch < self.init_batch:
+            raise ValueError(f"max_batch ({self.max_batch}) must be >= init_batch ({self.init_batch})")
+        if not self.noise_scale >= 0:
+            raise ValueError(f"noise_scale must be >= 0, got {self.noise_scale}")
+        if self.max_local_batch is not None and not self.max_local_batch > 0:
+            raise ValueError(f"max_local_batch must be > 0, got {self.max_local_batch}")
+
+    def efficiency(self, batch):  # noqa: ANN001, ANN201 - scalar or array
+        """Progress per sample at total batch `batch` relative to one at init_batch (<= 1 above M0)."""
+        m0, phi = self.init_batch, self.noise_scale
+        if _is_scalar(batch):
+            return (phi + m0) / (phi + float(batch))
+        return (phi + m0) / (phi + np.asarray(batch, float))
+
+    def throughput(self, num_nodes, num_replicas, batch):  # noqa: ANN001, ANN201 - scalar or array
+        """Samples per second at total batch `batch` split evenly over the replicas."""
+        if _is_scalar(num_nodes, num_replicas, batch):
+            batch = float(batch)
+            return batch / self.params.step_time(num_nodes, num_replicas, batch / max(int(num_replicas), 1))
+        r = np.maximum(np.asarray(num_replicas, float), 1.0)
+        b = np.asarray(batch, float)
+        return b / self.params.step_time(num_nodes, r, b / r)
+
+    def goodput(self, num_nodes, num_replicas, batch=None):  # noqa: ANN001, ANN201 - scalar or array
+        """Throughput times efficiency (samples/s of progress at init_batch); batch None: the optimal one."""
+        if batch is None:
+            batch = self.optimal_batch(num_nodes, num_replicas)
+        return self.throughput(num_nodes, num_replicas, batch) * self.efficiency(batch)
+
+    def batch_range(self, num_replicas: int) -> tuple[float, float]:
+        """The total batch sizes the job accepts on `num_replicas` replicas (samples)."""
+        hi = self.max_batch if self.max_batch is not None else self.init_batch
+        if self.max_local_batch is not None:
+            hi = min(hi, self.max_local_batch * max(int(num_replicas), 1))
+        return self.init_batch, max(self.init_batch, hi)
+
+    def optimal_batch(self, num_nodes, num_replicas):  # noqa: ANN001, ANN201 - scalar or array
+        """The total batch in batch_range that maximises goodput (samples)."""
+        if _is_scalar(num_nodes, num_replicas):
+            return _optimal_batch_cached(self, int(num_nodes), max(int(num_replicas), 1))
+        n, r = np.broadcast_arrays(np.asarray(num_nodes, float), np.asarray(num_replicas, float))
+        out = _optimal_batch_np(_stack([self]), n.ravel()[None, :], np.maximum(r.ravel(), 1.0)[None, :])
+        return out.reshape(n.shape)
+
+    def speedup(self, num_nodes, num_replicas):  # noqa: ANN001, ANN201 - scalar or array
+        """Goodput at the optimal batch relative to one replica at its optimal batch (0 for 0 replicas)."""
+        if _is_scalar(num_nodes, num_replicas):
+            if int(num_replicas) <= 0:
+                return 0.0
+            return self.goodput(num_nodes, num_replicas) / self._base_goodput()
+        r = np.asarray(num_replicas, float)
+        g = self.goodput(num_nodes, np.maximum(r, 1.0))
+        return np.where(r > 0, g / self._base_goodput(), 0.0)
+
+    def _base_goodput(self) -> float:
+        return self.goodput(1, 1)
+
+    def speedup_table(self, max_replicas: int, devices_per_node: int) -> np.ndarray:
+        """Speedup at k = 0..max_replicas devices packed on nodes of `devices_per_node` (index k)."""
+        return speedup_tables([self], [max_replicas], devices_per_node)[0]
+
+
+@lru_cache(maxsize=1 << 16)
+def _optimal_batch_cached(model: GoodputModel, num_nodes: int, num_replicas: int) -> float:
+    lo, hi = model.batch_range(num_replicas)
+    if hi <= lo:
+        return lo
+    p = model.params
+    phi = model.noise_scale
+    r = float(num_replicas)
+    sync = p.sync_time(num_nodes, num_replicas)
+    a, b = math.log(lo), math.log(hi)
+    # d log(goodput) / d log(M) decreases in M (see _slope_np), so bisect on its sign.
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (a + b)
+        m = math.exp(mid)
+        comp = p.beta_c * m / r
+        grad = p.alpha_c + comp
+        w = 1.0 if sync <= 0 else 1.0 / (1.0 + (sync / grad) ** p.gamma) if grad > 0 else 0.0
+        slope = 1.0 - w * comp / grad - m / (phi + m)
+        if slope > 0:
+            a = mid
+        else:
+            b = mid
+    return math.exp(0.5 * (a + b))
+
+
+_FIELDS = 11  # 7 throughput parameters, then init_batch, max_batch, noise_scale, max_local_batch
+
+
+def _stack(models: Sequence[GoodputModel]) -> np.ndarray:
+    """(11, J, 1) parameter array of `models`, broadcastable against (1, K) configurations."""
+    rows = np.empty((_FIELDS, len(models)))
+    for j, mod in enumerate(models):
+        p = mod.params
+        rows[:, j] = (
+            p.alpha_c, p.beta_c, p.alpha_n, p.beta_n, p.alpha_r, p.beta_r, p.gamma,
+            mod.init_batch,
+            mod.max_batch if mod.max_batch is not None else mod.init_batch,
+            mod.noise_scale,
+            mod.max_local_batch if mod.max_local_batch is not None else np.inf,
+        )  # fmt: skip
+    return rows[:, :, None]
+
+
+def _slope_np(q: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """d log(goodput) / d log(M): 1 - elasticity of step time - M / (phi + M), decreasing in M."""
+    comp = q[1] * m / r
+    grad = q[0] + comp
+    sync = _sync_np(q, n, r)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        w = np.where(sync > 0, 1.0 / (1.0 + (sync / grad) ** q[6]), 1.0)
+    return 1.0 - w * comp / grad - m / (q[9] + m)
+
+
+def _optimal_batch_np(q: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
+    lo = q[7] + 0.0 * r
+    hi = np.maximum(q[7], np.minimum(q[8], q[10] * r))
+    a, b = np.log(lo), np.log(hi)
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (a + b)
+        up = _slope_np(q, n, r, np.exp(mid)) > 0
+        a = np.where(up, mid, a)
+        b = np.where(up, b, mid)
+    return np.exp(0.5 * (a + b))
+
+
+def _goodput_np(q: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.ndarray:
+    step = _step_time_np(q, n, r, m / r)
+    return m / step * (q[9] + q[7]) / (q[9] + m)
+
+
+# Speedup tables by (model, max_replicas, devices_per_node); the simulator and
+# the live loop ask for the same jobs round after round, so this is what makes
+# Pollux's decision time small after the first round.
+_TABLES: OrderedDict[tuple[GoodputModel, int, int], np.ndarray] = OrderedDict()
+_TABLES_MAX = 8192
+
+
+def speedup_tables(
+    models: Sequence[GoodputModel], max_replicas: Sequence[int], devices_per_node: int
+) -> list[np.ndarray]:
+    """Speedup tables (index k = devices, packed on nodes of `devices_per_node`) for many models at once."""
+    dpn = max(int(devices_per_node), 1)
+    out: list[np.ndarray | None] = []
+    todo: dict[tuple[GoodputModel, int, int], int] = {}
+    for mod, k in zip(models, max_replicas, strict=True):
+        key = (mod, max(int(k), 0), dpn)
+        table = _TABLES.get(key)
+        if table is None:
+            todo.setdefault(key, len(todo))
+        out.append(table)
+    if todo:
+        fresh: dict[tuple[GoodputModel, int, int], np.ndarray] = {}
+        # Group by table width (to the next power of two) so one long table does
+        # not pad every short one.
+        groups: dict[int, list[tuple[GoodputModel, int, int]]] = {}
+        for key in todo:
+            groups.setdefault(max(key[1], 1).bit_length(), []).append(key)
+        for keys in groups.values():
+            fresh.update(_compute_tables(keys, dpn))
+        for key, table in fresh.items():
+            _TABLES[key] = table
+            if len(_TABLES) > _TABLES_MAX:
+                _TABLES.popitem(last=False)
+        out = [
+            t if t is not None else fresh[(mod, max(int(k), 0), dpn)]
+            for t, mod, k in zip(out, models, max_replicas, strict=True)
+        ]
+    return out  # type: ignore[return-value]
+
+
+def _compute_tables(
+    keys: Sequence[tuple[GoodputModel, int, int]], dpn: int
+) -> dict[tuple[GoodputModel, int, int], np.ndarray]:
+    width = max(k for _, k, _ in keys)
+    q = _stack([mod for mod, _, _ in keys])
+    r = np.arange(1, width + 1, dtype=float)[None, :]
+    n = np.ceil(r / dpn)
+    # Column 0 is the one-replica baseline every speedup is relative to.
+    r = np.concatenate([np.ones((1, 1)), r], axis=1)
+    n = np.concatenate([np.ones((1, 1)), n], axis=1)
+    best = _optimal_batch_np(q, n, r)
+    good = _goodput_np(q, n, r, best)
+    speed = good / good[:, :1]
+    speed[:, 0] = 0.0
+    out = {}
+    for key, row in zip(keys, speed, strict=True):
+        table = row[: key[1] + 1].copy()
+        table.setflags(write=False)
+        out[key] = table
+    return out
+
+
+# A job without a fitted model is assumed to scale like a mid-sized image model:
+# sub-linear within a node, worse across nodes, with a moderate noise scale.
+DEFAULT_MODEL = GoodputModel(
+    params=ThroughputParams(
+        alpha_c=0.02, beta_c=0.001, alpha_n=0.01, beta_n=0.001, alpha_r=0.04, beta_r=0.002, gamma=2.0
+    ),
+    init_batch=128.0,
+    max_batch=8192.0,
+    noise_scale=2048.0,
+    max_local_batch=256.0,
+)
+
+
+def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
+    """Fit ThroughputParams to (num_nodes, num_replicas, local_batch, step_time_seconds) observations.
+
+    Bounded least squares on log step time (relative error). Parameters the data
+    cannot identify are pinned the way AdaptDL's fit_perf_params does: cross-node
+    sync equals within-node sync without multi-node points, retrogression is zero
+    without more than two replicas, and gamma is 1 without any multi-replica point.
+    """
+    from scipy.optimize import least_squares  # heavy import, only needed here
+
+    obs = np.asarray(list(observations), dtype=float)
+    if obs.ndim != 2 or obs.shape[1] != 4 or len(obs) == 0:
+        raise ValueError("observations must be (num_nodes, num_replicas, local_batch, step_time) rows")
+    n, r, m, t = obs.T
+    if np.any(n < 1) or np.any(r < n) or np.any(m <= 0) or np.any(t <= 0) or not np.all(np.isfinite(obs)):
+        raise ValueError("observations need 1 <= num_nodes <= num_replicas, local_batch > 0, step_time > 0")
+
+    multi = r > 1
+    within = multi & (n <= 1)
+    across = n > 1
+    t_min = float(np.min(t))
+    # Which of the 7 parameters are free; the rest follow `tie` or stay at `fixed`.
+    free = [True, True, bool(within.any()), bool((within & (r > 2)).any()),
+            bool(across.any()), bool((across & (r > 2)).any()), bool(multi.any())]  # fmt: skip
+    fixed = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    tie = {}
+    if not free[4] and free[2]:
+        tie[4] = 2  # no cross-node data: assume it syncs like within a node
+    if not free[5] and free[3]:
+        tie[5] = 3
+    if not free[2] and free[4]:
+        tie[2] = 4  # only cross-node data: within-node is no slower
+    if not free[3] and free[5]:
+        tie[3] = 5
+    if len(np.unique(m)) == 1:
+        # One local batch size cannot split fixed from per-sample compute; assume
+        # half and half of the one-replica time, as AdaptDL does.
+        free[0] = False
+        single = t[~multi]
+        fixed[0] = float(np.mean(single if single.size else t)) / 2.0
+    idx = [i for i in range(7) if free[i]]
+
+    def full(x: np.ndarray) -> np.ndarray:
+        p = fixed.copy()
+        p[idx] = x
+        for dst, src in tie.items():
+            p[dst] = p[src]
+        return p
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        p = full(x)
+        return np.log(_step_time_np(p, n, r, m)) - np.log(t)
+
+    lower = np.array([1e-9, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])[idx]
+    upper = np.array([np.inf] * 6 + [10.0])[idx]
+    guess = np.array([t_min / 2, t_min / 2 / float(np.mean(m)), t_min / 10, t_min / 100, t_min / 5, t_min / 50, 1.0])
+    best = None
+    # gamma makes the problem non-convex: start from a few overlaps, keep the best.
+    for gamma0 in (1.05, 2.0, 5.0) if free[6] else (1.0,):
+        x0 = guess.copy()
+        x0[6] = gamma0
+        x0 = np.clip(x0[idx], lower + 1e-12, np.where(np.isfinite(upper), upper - 1e-9, np.inf))
+        res = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12)
+        if best is None or res.cost < best.cost:
+            best = res
+    p = full(best.x)
+    return ThroughputParams(*(float(v) for v in p))
