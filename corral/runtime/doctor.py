@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 
@@ -94,11 +95,16 @@ def run_checks() -> list[Check]:
 
 def _allreduce_check(port: int) -> Check:
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    try:
-        proc = subprocess.run([sys.executable, "-c", _ALLREDUCE, str(port)], capture_output=True, text=True,
-                              timeout=90, env=env)
-    except subprocess.TimeoutExpired:
-        return Check("gloo all-reduce", "timed out after 90 s", False, required=True)
+    # A real file: spawned children re-import the parent's main module by path.
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "allreduce_check.py")
+        with open(script, "w") as f:
+            f.write(_ALLREDUCE)
+        try:
+            proc = subprocess.run([sys.executable, script, str(port)], capture_output=True, text=True,
+                                  timeout=90, env=env)
+        except subprocess.TimeoutExpired:
+            return Check("gloo all-reduce", "timed out after 90 s", False, required=True)
     if proc.returncode == 0 and "ok" in proc.stdout:
         return Check("gloo all-reduce", "2 processes on 127.0.0.1: ok", True, required=True)
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -46,6 +46,23 @@ from corral.runtime.strategies import STRATEGIES, Strategy, get_strategy
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def _user_error_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """An excepthook that turns an uncaught UserError into one line and exit code 2, like the CLI."""
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if isinstance(exc, UserError):
+            # sys.__stderr__: torch.distributed swaps sys.stderr for a buffer around the hook.
+            print(f"error: {exc}", file=sys.__stderr__, flush=True)
+            sys.stdout.flush()
+            os._exit(UserError.exit_code)  # an uncaught exception would otherwise exit 1
+        previous(exc_type, exc, tb)
+
+    return hook
+
+
+sys.excepthook = _user_error_hook(sys.excepthook)
+
+
 @dataclass
 class StepStats:
     """Timing of the job's optimizer steps, for logs and the control plane."""

@@ -29,6 +29,10 @@ from functools import lru_cache
 
 import numpy as np
 
+# Scalars take the fast `math` path; arrays (or lists) are evaluated element-wise.
+Values = float | int | np.ndarray | Sequence[float]
+Result = float | np.ndarray
+
 # Bisection steps over log(batch): the bracket is at most a few e-folds wide,
 # so 2^-32 of it is far below a single sample.
 _BISECT_STEPS = 32
@@ -64,7 +68,7 @@ class ThroughputParams:
             return self.alpha_n + self.beta_n * extra
         return self.alpha_r + self.beta_r * extra
 
-    def step_time(self, num_nodes, num_replicas, local_batch):  # noqa: ANN001, ANN201 - scalar or array
+    def step_time(self, num_nodes: Values, num_replicas: Values, local_batch: Values) -> Result:
         """Seconds per iteration for `num_replicas` replicas on `num_nodes` nodes at `local_batch` samples each."""
         if _is_scalar(num_nodes, num_replicas, local_batch):
             grad = self.alpha_c + self.beta_c * float(local_batch)
@@ -134,21 +138,21 @@ class GoodputModel:
     def __post_init__(self) -> None:
         if not self.init_batch > 0:
             raise ValueError(f"init_batch must be > 0, got {self.init_batch}")
-        if self.max_batch is not None and self.max_batch < self.init_batch:
+        if self.max_batch is not None and not self.max_batch >= self.init_batch:
             raise ValueError(f"max_batch ({self.max_batch}) must be >= init_batch ({self.init_batch})")
         if not self.noise_scale >= 0:
             raise ValueError(f"noise_scale must be >= 0, got {self.noise_scale}")
         if self.max_local_batch is not None and not self.max_local_batch > 0:
             raise ValueError(f"max_local_batch must be > 0, got {self.max_local_batch}")
 
-    def efficiency(self, batch):  # noqa: ANN001, ANN201 - scalar or array
+    def efficiency(self, batch: Values) -> Result:
         """Progress per sample at total batch `batch` relative to one at init_batch (<= 1 above M0)."""
         m0, phi = self.init_batch, self.noise_scale
         if _is_scalar(batch):
             return (phi + m0) / (phi + float(batch))
         return (phi + m0) / (phi + np.asarray(batch, float))
 
-    def throughput(self, num_nodes, num_replicas, batch):  # noqa: ANN001, ANN201 - scalar or array
+    def throughput(self, num_nodes: Values, num_replicas: Values, batch: Values) -> Result:
         """Samples per second at total batch `batch` split evenly over the replicas."""
         if _is_scalar(num_nodes, num_replicas, batch):
             batch = float(batch)
@@ -157,7 +161,7 @@ class GoodputModel:
         b = np.asarray(batch, float)
         return b / self.params.step_time(num_nodes, r, b / r)
 
-    def goodput(self, num_nodes, num_replicas, batch=None):  # noqa: ANN001, ANN201 - scalar or array
+    def goodput(self, num_nodes: Values, num_replicas: Values, batch: Values | None = None) -> Result:
         """Throughput times efficiency (samples/s of progress at init_batch); batch None: the optimal one."""
         if batch is None:
             batch = self.optimal_batch(num_nodes, num_replicas)
@@ -170,7 +174,7 @@ class GoodputModel:
             hi = min(hi, self.max_local_batch * max(int(num_replicas), 1))
         return self.init_batch, max(self.init_batch, hi)
 
-    def optimal_batch(self, num_nodes, num_replicas):  # noqa: ANN001, ANN201 - scalar or array
+    def optimal_batch(self, num_nodes: Values, num_replicas: Values) -> Result:
         """The total batch in batch_range that maximises goodput (samples)."""
         if _is_scalar(num_nodes, num_replicas):
             return _optimal_batch_cached(self, int(num_nodes), max(int(num_replicas), 1))
@@ -178,7 +182,7 @@ class GoodputModel:
         out = _optimal_batch_np(_stack([self]), n.ravel()[None, :], np.maximum(r.ravel(), 1.0)[None, :])
         return out.reshape(n.shape)
 
-    def speedup(self, num_nodes, num_replicas):  # noqa: ANN001, ANN201 - scalar or array
+    def speedup(self, num_nodes: Values, num_replicas: Values) -> Result:
         """Goodput at the optimal batch relative to one replica at its optimal batch (0 for 0 replicas)."""
         if _is_scalar(num_nodes, num_replicas):
             if int(num_replicas) <= 0:

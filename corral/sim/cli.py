@@ -153,21 +153,22 @@ def _duration(seconds: float) -> str:
 
 
 def _table(results, meta):  # noqa: ANN001, ANN202 - SimResults to a rich Table
+    """Metrics as rows and policies as columns: fits a terminal for a handful of policies."""
     from rich.table import Table
 
     from corral.sim.metrics import compute_metrics
     from corral.sim.report import COLUMNS, fmt
 
     table = Table(
-        title=f"{meta['trace']} on {meta['cluster']} ({meta['jobs']} jobs, {meta['round_s']:g} s rounds)",
+        title=f"{meta['trace']} on {meta['cluster']}: {meta['jobs']} jobs, {meta['round_s']:g} s rounds",
         title_justify="left",
     )
-    table.add_column("policy", style="bold")
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="right")
+    table.add_column("metric")
     for r in results:
-        m = compute_metrics(r)
-        table.add_row(r.policy, *(fmt(getattr(m, f), k) for f, _, k in COLUMNS))
+        table.add_column(r.policy, justify="right", style="bold" if r is results[0] else None)
+    metrics = [compute_metrics(r) for r in results]
+    for field, header, kind in COLUMNS:
+        table.add_row(header, *(fmt(getattr(m, field), kind) for m in metrics))
     return table
 
 

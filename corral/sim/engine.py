@@ -139,7 +139,7 @@ class _Job:
     __slots__ = (
         "tj", "work", "total", "alloc", "n", "done", "rate", "seg_end", "last", "busy_until",
         "attained", "run_time", "restarts", "preemptions", "first_start", "finish", "version",
-        "view", "static", "status",
+        "view", "static", "status", "live",
     )
 
     def __init__(self, tj: TraceJob, work: WorkModel) -> None:
@@ -168,6 +168,9 @@ class _Job:
             "extra": _NO_EXTRA if tj.application is None else MappingProxyType({"application": tj.application}),
         }
         self.status = JobStatus.UNFINISHED
+        self.live = hasattr(work, "throughput_model")
+        if self.live:
+            self.static["max_gpus"] = work.max_gpus_now()
 
     def advance(self, t: float) -> None:
         """Integrate progress and service from `self.last` to `t` under the current allocation."""
@@ -400,6 +403,11 @@ class Simulator:
         for job in self.active.values():
             if job.n:
                 job.advance(now)
+                if job.live:
+                    # Application jobs report their step time; the fitted model and
+                    # the exploration limit change as they run.
+                    job.static["throughput"] = job.work.throughput_model(job.alloc, job.done)
+                    job.static["max_gpus"] = job.work.max_gpus_now()
                 views.append(_make_view(job))
             else:
                 v = job.view

@@ -16,8 +16,10 @@ next completion analytically:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Protocol
 
+from corral.sched.goodput import GoodputModel, ThroughputParams, fit_throughput
 from corral.sched.types import Allocation, ClusterView
 from corral.sim.profiles import BatchConfig
 from corral.sim.traces import TraceJob
@@ -92,7 +94,56 @@ class ProfileWork:
         self.total = self.app.target_progress
         self.elastic = job.min_gpus < job.max_gpus
         self._cache: dict[tuple[tuple[int, ...], int], tuple[float, BatchConfig]] = {}
+        self._observed: dict[tuple[int, int, int], float] = {}  # (nodes, replicas, local batch) -> step time
+        self._params: ThroughputParams | None = None
+        self._models: dict[tuple[int, int], GoodputModel] = {}
+        self._state = (job.batch_size or self.app.init_batch_size, 0)
         self.ideal_duration = self._time_to_finish(packing.placement(job.gpus))
+
+    def throughput_model(self, alloc: Allocation, done: float) -> GoodputModel | None:
+        """The GoodputModel a scheduler would have fitted from what the job has run so far.
+
+        Called at each round while the job runs: the step time of the current
+        configuration is "reported" (as AdaptDL jobs report theirs), the
+        throughput parameters are refitted when a new configuration appears, and
+        the noise scale follows the current epoch's gradient statistics.
+        """
+        if alloc:
+            placement = alloc.per_node()
+            epoch = self.app.epoch_of(done)
+            cfg = self.config(placement, epoch)
+            key = (len(placement), sum(placement), cfg.atomic_bsz)
+            if key not in self._observed:
+                self._observed[key] = self.app.step_time(placement, cfg.atomic_bsz)[0]
+                self._params = None
+            self._state = (cfg.batch_size, epoch)
+        if not self._observed:
+            return None
+        if self._params is None:
+            self._params = _fit(tuple(sorted((*k, t) for k, t in self._observed.items())))
+            self._models.clear()
+        model = self._models.get(self._state)
+        if model is None:
+            sqr, var = self.app.grad_stats(*self._state)
+            # Pollux's gradient noise scale in samples: efficiency (phi + M0) / (phi + M)
+            # equals the artifact's gain / scale with phi = M0 * var / sqr.
+            phi = max(0.0, self.app.init_batch_size * var / sqr) if sqr > 0 else 0.0
+            model = self._models[self._state] = GoodputModel(
+                params=self._params,
+                init_batch=float(self.app.init_batch_size),
+                max_batch=float(self.app.max_batch_size),
+                noise_scale=phi,
+                max_local_batch=float(self.app.max_local_bsz),
+            )
+        return model
+
+    def max_gpus_now(self) -> int:
+        """Devices the job may be given now: up to twice the most it has run on (AdaptDL's exploration limit).
+
+        Never below the requested count, so rigid policies are unaffected.
+        """
+        seen = max((k[1] for k in self._observed), default=0)
+        return max(self.job.gpus, min(self.job.max_gpus, max(2 * seen, 1)))
 
     def config(self, placement: tuple[int, ...], epoch: int) -> BatchConfig:
         """The batch configuration the job runs with on `placement` in `epoch`."""
@@ -123,6 +174,13 @@ class ProfileWork:
             t += (end - done) / self._goodput(placement, epoch)[0]
             done = end
         return t
+
+
+@lru_cache(maxsize=4096)
+def _fit(observations: tuple[tuple[float, ...], ...]) -> ThroughputParams:
+    # Jobs of one application that ran the same configurations report the same
+    # step times, so their fits are shared (a least-squares fit is ~30 ms).
+    return fit_throughput(observations)
 
 
 def build_work(job: TraceJob, packing: Packing, cross_node_penalty: float) -> WorkModel:

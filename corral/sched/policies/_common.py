@@ -61,9 +61,14 @@ def schedulable(job: JobView, total: int) -> bool:
 
 def rigid_count(job: JobView, total: int) -> int:
     """Devices a non-elastic policy gives `job`: its request within [min_gpus, max_gpus], at most the cluster."""
-    lo = max(job.min_gpus, 1)
-    k = min(max(job.requested, lo), job.max_gpus)
-    return max(min(k, total), lo)
+    # Plain comparisons: this runs for every job of every round.
+    lo = job.min_gpus if job.min_gpus > 1 else 1
+    k = job.gpus if job.gpus is not None else job.max_gpus
+    if k > job.max_gpus:
+        k = job.max_gpus
+    if k > total:
+        k = total
+    return k if k > lo else lo
 
 
 def split_running(
@@ -99,6 +104,9 @@ def fill_in_order(
     for job in order:
         if not schedulable(job, total):
             reasons[job.id] = REASON_UNSCHEDULABLE
+            continue
+        if capacity <= 0:  # full: nothing fits, whatever the order says
+            reasons[job.id] = REASON_RESOURCES
             continue
         k = count_of(job, total)
         if not blocked and k <= capacity:

@@ -13,7 +13,8 @@ that can get its min_gpus does (AdaptDL's order: fewer min_gpus first, then
 submission; running jobs first on ties), then the remaining devices go where the
 utility gain per device is largest (greedy with a node-sized lookahead, since
 crossing a node boundary can make the next few devices worth little), then
-single-device moves between jobs improve the sum until none helps.
+moves that grow one job a step by shrinking the jobs that lose least improve
+the sum until none helps.
 
 With `pack_counts` (default) an elastic job grows only to sizes that tile
 nodes (divisors of a node's devices, then whole nodes), besides its minimum and
@@ -48,6 +49,7 @@ from corral.sched.policies._common import (
 from corral.sched.types import REASON_RESOURCES, REASON_UNSCHEDULABLE, ClusterView, JobView, Placer
 
 _EPS = 1e-12  # ignore utility changes at rounding level, so ties never cause moves
+_GROWERS = 4  # jobs tried as the one to grow in each improving move
 
 
 class PolluxPolicy(BasePolicy):
@@ -198,7 +200,7 @@ class PolluxPolicy(BasePolicy):
         return cur
 
     def _improve(self, utils: list[list[float]], allowed: list[list[int]], cur: list[int], idle: int) -> None:
-        """Shrink the job that loses least to grow the one that gains most per device, while the sum improves."""
+        """Grow a job one step by shrinking the jobs that lose least, while the sum of utilities improves."""
         n = len(cur)
         if n < 2 or self.max_moves == 0:
             return
@@ -217,30 +219,44 @@ class PolluxPolicy(BasePolicy):
             if pos > 0:
                 loss[i], frees[i] = u[k] - u[a[pos - 1]], k - a[pos - 1]
             else:
-                loss[i], frees[i] = math.inf, 0
+                loss[i], frees[i] = math.inf, 1
 
         for i in range(n):
             refresh(i)
         for _ in range(self.max_moves):
-            a = int(np.argmax(gain / need))
-            short = need[a] - idle
-            if short <= 0:  # idle devices suffice (only when a step was not worth it alone)
-                if not gain[a] > _EPS:
-                    return
-                b = -1
-            else:
-                cost = np.where(frees >= short, loss, math.inf)
-                cost[a] = math.inf
-                b = int(np.argmin(cost))
-                if not gain[a] - cost[b] > _EPS:
-                    return
+            move = self._best_move(gain, need, loss, frees, idle)
+            if move is None:
+                return
+            a, donors = move
             cur[a] += int(need[a])
             idle -= int(need[a])
-            refresh(a)
-            if b >= 0:
+            for b in donors:
                 idle += int(frees[b])
                 cur[b] -= int(frees[b])
                 refresh(b)
+            refresh(a)
+
+    @staticmethod
+    def _best_move(
+        gain: np.ndarray, need: np.ndarray, loss: np.ndarray, frees: np.ndarray, idle: int
+    ) -> tuple[int, list[int]] | None:
+        """(job to grow, jobs to shrink) that raises the utility sum, trying the best few growers; None if none."""
+        growers = np.argsort(-(gain / need))[:_GROWERS]
+        donors = np.argsort(loss / frees)
+        for a in growers.tolist():
+            if not gain[a] > _EPS:
+                return None
+            short, lost, chosen = need[a] - idle, 0.0, []
+            for b in donors.tolist():
+                if short <= 0 or not gain[a] - lost > _EPS or loss[b] == math.inf:
+                    break
+                if b != a:
+                    chosen.append(b)
+                    short -= frees[b]
+                    lost += loss[b]
+            if short <= 0 and gain[a] - lost > _EPS:
+                return a, chosen
+        return None
 
     def __repr__(self) -> str:
         return (
