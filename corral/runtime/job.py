@@ -44,6 +44,10 @@ from corral.runtime.partition import (
 from corral.runtime.strategies import STRATEGIES, Strategy, get_strategy
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Ranks agree on a SIGTERM about this often (seconds of training between votes);
+# a vote is an all-reduce, too costly on every step of a small model.
+VOTE_PERIOD_S = 0.25
+VOTE_MAX_INTERVAL = 1000
 
 
 def _user_error_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
@@ -214,6 +218,7 @@ class Job:
         self._stop_requested = False
         self._stop_flag: torch.Tensor | None = None
         self._stop_work: Any = None
+        self._next_vote_step = 0
         self._last_boundary = time.perf_counter()
         self._straggle = env.straggler_factor(self.rank)
 
@@ -251,7 +256,7 @@ class Job:
             # A second gloo group carries the preemption vote asynchronously,
             # so it never queues behind the gradient all-reduces.
             self._ctrl_group = dist.new_group(backend="gloo")
-            self._stop_flag = torch.zeros(1)
+            self._stop_flag = torch.zeros(2)
 
     @property
     def distributed(self) -> bool:
@@ -347,7 +352,7 @@ class Job:
             raise UserError("call job.prepare(model, optimizer, dataset, ...) before job.step(loss)")
         # Without our loader there is no look-ahead: every grad_accum-th call syncs.
         boundary = self._boundary_next if self._from_loader else (self._micro + 1) % self.grad_accum == 0
-        scaled = loss / self.grad_accum
+        scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
         (self._scaler.scale(scaled) if self._scaler else scaled).backward()
         self._end_micro_step_context()
         if self._from_loader and self._loader is not None:
@@ -408,18 +413,32 @@ class Job:
         self._stop_requested = True
 
     def _should_stop(self) -> bool:
-        """Agree across ranks whether to stop: a vote started at the previous step, read now."""
+        """Agree across ranks whether to stop, without a collective on every step.
+
+        Ranks vote with one small asynchronous all-reduce (MAX over [stop, -interval]):
+        it carries the stop flag and each rank's proposal for how many steps to wait
+        before the next vote, about VOTE_PERIOD_S of work. All ranks read the result
+        at the same later step, so they stop at the same step and checkpoint together.
+        """
         if not self.distributed or self._stop_flag is None:
             return self._stop_requested
+        if self.step_count < self._next_vote_step:
+            return False
         decided = False
+        interval = 1
         if self._stop_work is not None:
             self._stop_work.wait()
-            decided = bool(self._stop_flag.item() > 0)
+            decided = bool(self._stop_flag[0].item() > 0)
+            interval = int(-self._stop_flag[1].item())
+            self._stop_work = None
         if not decided:
-            # Launch the next vote; it completes while the next step computes,
-            # so every rank reads the same answer one step later at no cost.
-            self._stop_flag.fill_(1.0 if self._stop_requested else 0.0)
-            self._stop_work = dist.all_reduce(self._stop_flag, group=self._ctrl_group, async_op=True)
+            step_s = max(self.stats.last_step_s, 1e-6)
+            proposal = max(1, min(VOTE_MAX_INTERVAL, int(VOTE_PERIOD_S / step_s)))
+            self._stop_flag[0] = 1.0 if self._stop_requested else 0.0
+            self._stop_flag[1] = -float(proposal)
+            self._stop_work = dist.all_reduce(self._stop_flag, op=dist.ReduceOp.MAX, group=self._ctrl_group,
+                                              async_op=True)
+        self._next_vote_step = self.step_count + interval
         return decided
 
     def _exit_preempted(self) -> None:

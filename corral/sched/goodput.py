@@ -332,6 +332,35 @@ def _compute_tables(
     return out
 
 
+def _log_step_time_jacobian(
+    p: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray,
+    within: np.ndarray, across: np.ndarray, extra: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """d log(step time) / d (the 7 parameters), one row per observation."""
+    grad = p[0] + p[1] * m
+    sync = np.where(within, p[2] + p[3] * extra, np.where(across, p[4] + p[5] * extra, 0.0))
+    gamma = p[6]
+    hi = np.maximum(grad, sync)
+    lo = np.minimum(grad, sync)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(lo > 0, (lo / hi) ** gamma, 0.0)  # (lo/hi)^gamma in [0, 1]
+        # w = grad^g / (grad^g + sync^g): the compute share of d log T.
+        w = np.where(grad >= sync, 1.0 / (1.0 + q), q / (1.0 + q))
+        d_grad = w / grad
+        d_sync = np.where(sync > 0, (1.0 - w) / sync, 0.0)
+        log_ratio = np.where(lo > 0, np.log(lo / hi), 0.0)
+    d_gamma = q * log_ratio / ((1.0 + q) * gamma) - np.log1p(q) / gamma**2
+    jac = np.empty((len(grad), 7))
+    jac[:, 0] = d_grad
+    jac[:, 1] = d_grad * m
+    jac[:, 2] = np.where(within, d_sync, 0.0)
+    jac[:, 3] = jac[:, 2] * extra
+    jac[:, 4] = np.where(across, d_sync, 0.0)
+    jac[:, 5] = jac[:, 4] * extra
+    jac[:, 6] = d_gamma
+    return jac
+
+
 # A job without a fitted model is assumed to scale like a mid-sized image model:
 # sub-linear within a node, worse across nodes, with a moderate noise scale.
 DEFAULT_MODEL = GoodputModel(
@@ -353,7 +382,7 @@ def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
     sync equals within-node sync without multi-node points, retrogression is zero
     without more than two replicas, and gamma is 1 without any multi-replica point.
     """
-    from scipy.optimize import least_squares  # heavy import, only needed here
+    from scipy.optimize import least_squares, lsq_linear  # heavy import, only needed here
 
     obs = np.asarray(list(observations), dtype=float)
     if obs.ndim != 2 or obs.shape[1] != 4 or len(obs) == 0:
@@ -398,17 +427,52 @@ def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
         p = full(x)
         return np.log(_step_time_np(p, n, r, m)) - np.log(t)
 
+    extra = np.maximum(r - 2.0, 0.0)
+    # d T / d (alpha_c, beta_c, alpha_n, beta_n, alpha_r, beta_r) when gamma = 1 (T is then linear).
+    design = np.column_stack([np.ones_like(t), m, within, within * extra, across, across * extra]).astype(float)
+
+    def reduce(columns: np.ndarray) -> np.ndarray:
+        """Full-parameter columns to free-parameter columns (tied parameters add to their source)."""
+        columns = columns.copy()
+        for dst, src in tie.items():
+            columns[:, src] += columns[:, dst]
+        return columns[:, idx]
+
+    def jacobian(x: np.ndarray) -> np.ndarray:
+        return reduce(_log_step_time_jacobian(full(x), n, r, m, within, across, extra))
+
     lower = np.array([1e-9, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])[idx]
     upper = np.array([np.inf] * 6 + [10.0])[idx]
-    guess = np.array([t_min / 2, t_min / 2 / float(np.mean(m)), t_min / 10, t_min / 100, t_min / 5, t_min / 50, 1.0])
-    best = None
-    # gamma makes the problem non-convex: start from a few overlaps, keep the best.
-    for gamma0 in (1.05, 2.0, 5.0) if free[6] else (1.0,):
-        x0 = guess.copy()
+    scale = float(np.mean(t))
+    x_scale = np.array([scale, scale / float(np.mean(m)), scale, scale / max(float(np.mean(extra)), 1.0),
+                        scale, scale / max(float(np.mean(extra)), 1.0), 1.0])[idx]  # fmt: skip
+    starts = []
+    # Start from the exact answer for gamma = 1, a bounded *linear* least squares
+    # on relative error, then from a few larger overlaps (gamma makes it non-convex).
+    lin_free = [i for i in idx if i < 6]
+    target = t - design[:, [i for i in range(6) if i not in idx and i not in tie]] @ fixed[
+        [i for i in range(6) if i not in idx and i not in tie]
+    ]
+    lin = lsq_linear(
+        reduce(np.column_stack([design, np.zeros_like(t)]))[:, : len(lin_free)] / t[:, None],
+        target / t,
+        bounds=(lower[: len(lin_free)], upper[: len(lin_free)]),
+    )
+    base = fixed.copy()
+    base[lin_free] = lin.x
+    for gamma0 in (1.0, 2.0, 4.0) if free[6] else (1.0,):
+        x0 = base.copy()
         x0[6] = gamma0
-        x0 = np.clip(x0[idx], lower + 1e-12, np.where(np.isfinite(upper), upper - 1e-9, np.inf))
-        res = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12)
+        starts.append(np.clip(x0[idx], lower, upper))
+    best = None
+    for x0 in starts:
+        res = least_squares(
+            residuals, x0, jac=jacobian, bounds=(lower, upper), x_scale=x_scale,
+            xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200,
+        )  # fmt: skip
         if best is None or res.cost < best.cost:
             best = res
+        if best.cost < 1e-20 * len(t):  # fitted to rounding: the other starts cannot do better
+            break
     p = full(best.x)
     return ThroughputParams(*(float(v) for v in p))

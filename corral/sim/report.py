@@ -122,16 +122,18 @@ def plot_all(out: Path, results: Sequence[SimResult], title: str) -> list[Path]:
 
     for name, series, ylabel, fname in (
         ("Utilisation", utilisation_series, "devices allocated (%)", "utilisation.png"),
-        ("Queue length", queue_series, "jobs waiting (time-average)", "queue.png"),
+        ("Queue length", queue_series, "jobs waiting (mean over each time bin)", "queue.png"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        hours = False
+        # One time origin and unit for every policy: the first arrival of the trace.
+        starts = [r.times[0] for r in results if len(r.times)]
+        t0 = min(starts, default=0.0)
+        hours = max((r.end_time for r in results), default=0.0) - t0 > 3 * 3600
         for r in results:
             t, y = series(r)
             if not len(t):
                 continue
-            hours = hours or t[-1] - t[0] > 3 * 3600
-            x = (t - t[0]) / (3600 if hours else 60)
+            x = (t - t0) / (3600 if hours else 60)
             ax.plot(x, 100 * y if fname == "utilisation.png" else y, label=r.policy, linewidth=1.2)
         ax.set_xlabel(f"simulated time since first arrival ({'hours' if hours else 'minutes'})")
         ax.set_ylabel(ylabel)

@@ -48,7 +48,7 @@ def holds_valid(job: JobView, sizes: Mapping[str, int]) -> bool:
         return False
     for node, devs in alloc.slots:
         size = sizes.get(node)
-        if size is None or min(devs) < 0 or max(devs) >= size:
+        if size is None or not devs or min(devs) < 0 or max(devs) >= size:
             return False
     return True
 

@@ -124,19 +124,18 @@ class PolluxPolicy(BasePolicy):
         his = [min(j.max_gpus, total) for j in elastic]
         models = [j.throughput if j.throughput is not None else self.default_model for j in elastic]
         tables = speedup_tables(models, his, per_node)
-        width = max(his) + 1
-        speed = np.zeros((len(elastic), width))
-        penalty = np.ones((len(elastic), width))
-        for i, (job, table) in enumerate(zip(elastic, tables, strict=True)):
-            speed[i, : len(table)] = table
-            if job.allocation:
-                # Any count but the current one restarts the job.
-                penalty[i, :] = 1.0 - self.restart_penalty
-                held = job.allocation.num_devices
-                if held < width:
-                    penalty[i, held] = 1.0
-        util = self.utility(speed * penalty)
-        return [row[: hi + 1] for row, hi in zip(util.tolist(), his, strict=True)]
+        # One flat array for all jobs: a few numpy calls per round, not per job.
+        lengths = np.array([len(t) for t in tables])
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        running = np.array([bool(j.allocation) for j in elastic])
+        penalty = np.where(np.repeat(running, lengths), 1.0 - self.restart_penalty, 1.0)
+        # Any count but the current one restarts a running job.
+        for i, job in enumerate(elastic):
+            held = job.allocation.num_devices
+            if held and held < lengths[i]:
+                penalty[starts[i] + held] = 1.0
+        flat = self.utility(np.concatenate(tables) * penalty).tolist()
+        return [flat[a : a + n] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
 
     def _allowed(self, lo: int, hi: int, held: int, per_node: int) -> list[int]:
         """The counts a job may get: lo, the held count, and (with pack_counts) node-friendly sizes only."""
@@ -242,12 +241,12 @@ class PolluxPolicy(BasePolicy):
     ) -> tuple[int, list[int]] | None:
         """(job to grow, jobs to shrink) that raises the utility sum, trying the best few growers; None if none."""
         growers = np.argsort(-(gain / need))[:_GROWERS]
-        donors = np.argsort(loss / frees)
+        donors = np.argsort(loss / frees).tolist()  # cheapest utility per freed device first
         for a in growers.tolist():
             if not gain[a] > _EPS:
                 return None
             short, lost, chosen = need[a] - idle, 0.0, []
-            for b in donors.tolist():
+            for b in donors:
                 if short <= 0 or not gain[a] - lost > _EPS or loss[b] == math.inf:
                     break
                 if b != a:
@@ -261,5 +260,5 @@ class PolluxPolicy(BasePolicy):
     def __repr__(self) -> str:
         return (
             f"PolluxPolicy(placer={self.placer.name!r}, p={self.p}, "
-            f"restart_penalty={self.restart_penalty}, max_moves={self.max_moves})"
+            f"restart_penalty={self.restart_penalty}, max_moves={self.max_moves}, pack_counts={self.pack_counts})"
         )
