@@ -219,6 +219,7 @@ class Job:
         self._stop_flag: torch.Tensor | None = None
         self._stop_work: Any = None
         self._next_vote_step = 0
+        self._epochs_total: int | None = None
         self._last_boundary = time.perf_counter()
         self._straggle = env.straggler_factor(self.rank)
 
@@ -321,6 +322,7 @@ class Job:
         """Yield epoch numbers up to `n`, starting after the last completed one when resuming."""
         if n < 0:
             raise UserError(f"number of epochs must be >= 0, got {n}")
+        self._epochs_total = n
         while self.epoch < n:
             yield self.epoch
             self._flush_accumulation()
@@ -496,8 +498,9 @@ class Job:
         averaged = {k: float(v) for k, v in zip(names, values.tolist())}
         if self.is_main:
             record = {"step": self.step_count, "epoch": self.epoch, "time": time.time(), **averaged}
+            total = f"/{self._epochs_total}" if self._epochs_total else ""
             _console().print(
-                f"[bold]step {self.step_count}[/] epoch {self.epoch} "
+                f"[bold]step {self.step_count}[/] epoch {self.epoch + 1}{total} "
                 + " ".join(f"{k}=[cyan]{v:.4g}[/]" for k, v in averaged.items())
             )
             if self.checkpoint_dir is not None:
