@@ -81,9 +81,7 @@ class ThroughputParams:
 
     def as_array(self) -> np.ndarray:
         """The seven parameters in field order."""
-        return np.array(
-            [self.alpha_c, self.beta_c, self.alpha_n, self.beta_n, self.alpha_r, self.beta_r, self.gamma]
-        )
+        return np.array([self.alpha_c, self.beta_c, self.alpha_n, self.beta_n, self.alpha_r, self.beta_r, self.gamma])
 
 
 def _is_scalar(*values: object) -> bool:
@@ -234,12 +232,18 @@ def _stack(models: Sequence[GoodputModel]) -> np.ndarray:
     for j, mod in enumerate(models):
         p = mod.params
         rows[:, j] = (
-            p.alpha_c, p.beta_c, p.alpha_n, p.beta_n, p.alpha_r, p.beta_r, p.gamma,
+            p.alpha_c,
+            p.beta_c,
+            p.alpha_n,
+            p.beta_n,
+            p.alpha_r,
+            p.beta_r,
+            p.gamma,
             mod.init_batch,
             mod.max_batch if mod.max_batch is not None else mod.init_batch,
             mod.noise_scale,
             mod.max_local_batch if mod.max_local_batch is not None else np.inf,
-        )  # fmt: skip
+        )
     return rows[:, :, None]
 
 
@@ -332,10 +336,51 @@ def _compute_tables(
     return out
 
 
+def _identifiable(
+    within: np.ndarray, across: np.ndarray, r: np.ndarray, m: np.ndarray, t: np.ndarray
+) -> tuple[list[int], np.ndarray, dict[int, int]]:
+    """(indices of the free parameters, values of the pinned ones, tied index -> source index).
+
+    Cross-node sync equals within-node sync when only one kind was observed;
+    retrogression (beta) is zero without more than two replicas; gamma is 1
+    without any multi-replica point; with a single local batch size, fixed and
+    per-sample compute cannot be told apart, so alpha_c is pinned.
+    """
+    free = [
+        True,
+        True,
+        bool(within.any()),
+        bool((within & (r > 2)).any()),
+        bool(across.any()),
+        bool((across & (r > 2)).any()),
+        bool((within | across).any()),
+    ]
+    fixed = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    tie: dict[int, int] = {}
+    if not free[4] and free[2]:
+        tie[4] = 2  # no cross-node data: assume it syncs like within a node
+    if not free[5] and free[3]:
+        tie[5] = 3
+    if not free[2] and free[4]:
+        tie[2] = 4  # only cross-node data: within a node is taken to be no faster
+    if not free[3] and free[5]:
+        tie[3] = 5
+    if len(np.unique(m)) == 1:
+        # Half and half, as AdaptDL does, of the fastest step (a bound on compute).
+        free[0] = False
+        fixed[0] = float(np.min(t)) / 2.0
+    return [i for i in range(7) if free[i]], fixed, tie
+
+
 def _log_step_time_jacobian(
-    p: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray,
-    within: np.ndarray, across: np.ndarray, extra: np.ndarray,
-) -> np.ndarray:  # fmt: skip
+    p: np.ndarray,
+    n: np.ndarray,
+    r: np.ndarray,
+    m: np.ndarray,
+    within: np.ndarray,
+    across: np.ndarray,
+    extra: np.ndarray,
+) -> np.ndarray:
     """d log(step time) / d (the 7 parameters), one row per observation."""
     grad = p[0] + p[1] * m
     sync = np.where(within, p[2] + p[3] * extra, np.where(across, p[4] + p[5] * extra, 0.0))
@@ -377,10 +422,9 @@ DEFAULT_MODEL = GoodputModel(
 def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
     """Fit ThroughputParams to (num_nodes, num_replicas, local_batch, step_time_seconds) observations.
 
-    Bounded least squares on log step time (relative error). Parameters the data
-    cannot identify are pinned the way AdaptDL's fit_perf_params does: cross-node
-    sync equals within-node sync without multi-node points, retrogression is zero
-    without more than two replicas, and gamma is 1 without any multi-replica point.
+    Bounded least squares on log step time (relative error), with an analytic
+    Jacobian. Parameters the data cannot identify are tied or pinned, in the
+    spirit of AdaptDL's fit_perf_params (see _identifiable).
     """
     from scipy.optimize import least_squares, lsq_linear  # heavy import, only needed here
 
@@ -394,27 +438,7 @@ def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
     multi = r > 1
     within = multi & (n <= 1)
     across = n > 1
-    t_min = float(np.min(t))
-    # Which of the 7 parameters are free; the rest follow `tie` or stay at `fixed`.
-    free = [True, True, bool(within.any()), bool((within & (r > 2)).any()),
-            bool(across.any()), bool((across & (r > 2)).any()), bool(multi.any())]  # fmt: skip
-    fixed = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
-    tie = {}
-    if not free[4] and free[2]:
-        tie[4] = 2  # no cross-node data: assume it syncs like within a node
-    if not free[5] and free[3]:
-        tie[5] = 3
-    if not free[2] and free[4]:
-        tie[2] = 4  # only cross-node data: within-node is no slower
-    if not free[3] and free[5]:
-        tie[3] = 5
-    if len(np.unique(m)) == 1:
-        # One local batch size cannot split fixed from per-sample compute; assume
-        # half and half of the one-replica time, as AdaptDL does.
-        free[0] = False
-        single = t[~multi]
-        fixed[0] = float(np.mean(single if single.size else t)) / 2.0
-    idx = [i for i in range(7) if free[i]]
+    idx, fixed, tie = _identifiable(within, across, r, m, t)
 
     def full(x: np.ndarray) -> np.ndarray:
         p = fixed.copy()
@@ -444,35 +468,49 @@ def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
     lower = np.array([1e-9, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])[idx]
     upper = np.array([np.inf] * 6 + [10.0])[idx]
     scale = float(np.mean(t))
-    x_scale = np.array([scale, scale / float(np.mean(m)), scale, scale / max(float(np.mean(extra)), 1.0),
-                        scale, scale / max(float(np.mean(extra)), 1.0), 1.0])[idx]  # fmt: skip
-    starts = []
-    # Start from the exact answer for gamma = 1, a bounded *linear* least squares
-    # on relative error, then from a few larger overlaps (gamma makes it non-convex).
+    x_scale = np.array(
+        [
+            scale,
+            scale / float(np.mean(m)),
+            scale,
+            scale / max(float(np.mean(extra)), 1.0),
+            scale,
+            scale / max(float(np.mean(extra)), 1.0),
+            1.0,
+        ]
+    )[idx]
+    # Start from the exact answer for gamma = 1 (T is then linear in the other
+    # six: a bounded linear least squares on relative error), then from larger
+    # overlaps, since gamma makes the problem non-convex.
     lin_free = [i for i in idx if i < 6]
-    target = t - design[:, [i for i in range(6) if i not in idx and i not in tie]] @ fixed[
-        [i for i in range(6) if i not in idx and i not in tie]
-    ]
-    lin = lsq_linear(
-        reduce(np.column_stack([design, np.zeros_like(t)]))[:, : len(lin_free)] / t[:, None],
-        target / t,
-        bounds=(lower[: len(lin_free)], upper[: len(lin_free)]),
-    )
+    pinned = [i for i in range(6) if i not in idx and i not in tie]
+    target = t - design[:, pinned] @ fixed[pinned]
+    columns = reduce(np.column_stack([design, np.zeros_like(t)]))[:, : len(lin_free)]
+    with np.errstate(all="ignore"):  # exact fits of under-determined data divide 0 by 0 inside
+        lin = lsq_linear(columns / t[:, None], target / t, bounds=(lower[: len(lin_free)], upper[: len(lin_free)]))
     base = fixed.copy()
-    base[lin_free] = lin.x
-    for gamma0 in (1.0, 2.0, 4.0) if free[6] else (1.0,):
+    base[lin_free] = lin.x if np.all(np.isfinite(lin.x)) else np.maximum(lower[: len(lin_free)], 1e-3 * scale)
+    starts = []
+    for gamma0 in (1.0, 2.0, 4.0) if 6 in idx else (1.0,):
         x0 = base.copy()
         x0[6] = gamma0
         starts.append(np.clip(x0[idx], lower, upper))
     best = None
     for x0 in starts:
         res = least_squares(
-            residuals, x0, jac=jacobian, bounds=(lower, upper), x_scale=x_scale,
-            xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200,
-        )  # fmt: skip
+            residuals,
+            x0,
+            jac=jacobian,
+            bounds=(lower, upper),
+            x_scale=x_scale,
+            xtol=1e-10,
+            ftol=1e-10,
+            gtol=1e-10,
+            max_nfev=100,
+        )
         if best is None or res.cost < best.cost:
             best = res
-        if best.cost < 1e-20 * len(t):  # fitted to rounding: the other starts cannot do better
+        if best.cost < 1e-12 * len(t):  # within ~1e-6 relative error: other starts cannot matter
             break
     p = full(best.x)
     return ThroughputParams(*(float(v) for v in p))

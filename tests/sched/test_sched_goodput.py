@@ -64,6 +64,30 @@ def test_fit_with_one_point_splits_compute_time_evenly():
     assert fitted.gamma == 1.0 and fitted.alpha_n == fitted.alpha_r == 0.0
 
 
+def test_fit_matches_any_few_observations():
+    # What a running job reports: a handful of configurations, often fewer than
+    # the seven parameters. Whatever the subset, the fit reproduces what was seen.
+    import random
+
+    rng = random.Random(0)
+    configs = [(n, n * k, m) for n in (1, 2, 4) for k in (1, 2, 4) for m in (16, 32, 64, 128)]
+    for _ in range(40):
+        an, bn = rng.uniform(0, 0.1), rng.uniform(0, 0.01)
+        true = ThroughputParams(
+            rng.uniform(0, 0.1),
+            rng.uniform(1e-4, 2e-3),
+            an,
+            bn,
+            an + rng.uniform(0, 0.3),
+            bn + rng.uniform(0, 0.02),
+            rng.uniform(1, 3),
+        )
+        seen = [(n, r, m, true.step_time(n, r, m)) for n, r, m in rng.sample(configs, rng.randint(1, 8))]
+        fitted = fit_throughput(seen)
+        for n, r, m, t in seen:
+            assert fitted.step_time(n, r, m) == pytest.approx(t, rel=0.01)
+
+
 def test_fit_rejects_bad_observations():
     with pytest.raises(ValueError):
         fit_throughput([])
@@ -117,7 +141,7 @@ def test_speedup_paths_agree():
 def test_speedup_tables_batch_many_models():
     models = [GoodputModel(TRUE, init_batch=64, max_batch=4096, noise_scale=s) for s in (100, 1000, 10_000)]
     tables = speedup_tables(models, [4, 8, 2], 4)
-    for model, k, table in zip(models, [4, 8, 2], tables):
+    for model, k, table in zip(models, [4, 8, 2], tables, strict=True):
         assert len(table) == k + 1
         assert table == pytest.approx(model.speedup_table(k, 4))
     # A larger noise scale lets more replicas help.

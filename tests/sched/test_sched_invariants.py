@@ -19,8 +19,9 @@ from corral.sched.types import Allocation, ClusterView, JobView, Node
 MODELS = [
     None,
     DEFAULT_MODEL,
-    GoodputModel(ThroughputParams(0.01, 0.002, 0.05, 0.01, 0.2, 0.05, 1.2), init_batch=64, max_batch=1024,
-                 noise_scale=300),  # fmt: skip
+    GoodputModel(
+        ThroughputParams(0.01, 0.002, 0.05, 0.01, 0.2, 0.05, 1.2), init_batch=64, max_batch=1024, noise_scale=300
+    ),
 ]
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

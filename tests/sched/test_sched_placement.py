@@ -47,9 +47,9 @@ def test_pack_fills_fragments_before_empty_nodes():
 )
 def test_pack_uses_the_fewest_nodes_possible(sizes, used, data):
     cluster = ClusterView(tuple(Node(f"n{i}", s) for i, s in enumerate(sizes)))
-    keep = {f"k{i}": alloc(**{f"n{i}": range(min(u, s))}) for i, (s, u) in enumerate(zip(sizes, used))}
+    keep = {f"k{i}": alloc(**{f"n{i}": range(min(u, s))}) for i, (s, u) in enumerate(zip(sizes, used, strict=False))}
     keep = {j: a for j, a in keep.items() if a}
-    frees = sorted((s - min(u, s) for s, u in zip(sizes, used)), reverse=True)
+    frees = sorted((s - min(u, s) for s, u in zip(sizes, used, strict=False)), reverse=True)
     if sum(frees) == 0:
         return
     k = data.draw(st.integers(1, sum(frees)))

@@ -70,9 +70,22 @@ def test_placer_by_name_or_instance():
 
 # Modules that do I/O, read clocks, start threads or log: none belongs in a pure scheduler.
 FORBIDDEN_IMPORTS = {
-    "asyncio", "concurrent", "datetime", "io", "logging", "multiprocessing", "os", "pathlib",
-    "shutil", "socket", "subprocess", "sys", "tempfile", "threading", "time",
-}  # fmt: skip
+    "asyncio",
+    "concurrent",
+    "datetime",
+    "io",
+    "logging",
+    "multiprocessing",
+    "os",
+    "pathlib",
+    "shutil",
+    "socket",
+    "subprocess",
+    "sys",
+    "tempfile",
+    "threading",
+    "time",
+}
 
 
 @pytest.mark.parametrize("path", sorted(SCHED.rglob("*.py")), ids=lambda p: str(p.relative_to(SCHED)))

@@ -1,10 +1,10 @@
 """The policy registry: the CLI, the server config and the simulator select policies by name here.
 
-    >>> from corral.sched import policies
-    >>> policies.available()
-    ['fifo', 'fifo-backfill', 'pollux', 'priority', 'srtf', 'themis', 'tiresias']
-    >>> policies.get("tiresias", thresholds=[600, 6000]).name
-    'tiresias'
+>>> from corral.sched import policies
+>>> policies.available()
+['fifo', 'fifo-backfill', 'pollux', 'priority', 'srtf', 'themis', 'tiresias']
+>>> policies.get("tiresias", thresholds=[600, 6000]).name
+'tiresias'
 """
 
 from __future__ import annotations

@@ -27,10 +27,8 @@ from corral.sched.policies.fifo import fifo_key
 from corral.sched.types import REASON_PRIORITY, REASON_RESOURCES, REASON_UNSCHEDULABLE, ClusterView, JobView
 
 
-def reservation(
-    now: float, need: int, free_now: int, running: Iterable[tuple[float | None, int]]
-) -> tuple[float, int]:
-    """(shadow time, spare devices then): when `need` devices are free, given (remaining seconds, devices) of running jobs.
+def reservation(now: float, need: int, free_now: int, running: Iterable[tuple[float | None, int]]) -> tuple[float, int]:
+    """(shadow time, spare devices then): when `need` devices will be free, given running (remaining s, devices).
 
     Remaining None means unknown (never frees); the shadow time is inf when the
     known ends never free enough devices.

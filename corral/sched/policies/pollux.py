@@ -119,9 +119,11 @@ class PolluxPolicy(BasePolicy):
                 counts[job.id] = k
         return counts, reasons
 
-    def _utility_rows(self, elastic: list[JobView], total: int, per_node: int) -> list[list[float]]:
-        """Per job, utility at k = 0..hi devices (restart penalty applied)."""
-        his = [min(j.max_gpus, total) for j in elastic]
+    def _utility_rows(self, elastic: list[JobView], spare: int, total: int, per_node: int) -> list[list[float]]:
+        """Per job, utility at k = 0..hi devices (restart penalty applied), hi the most it could get now."""
+        # No job can grow past its minimum plus the spare devices; rounding that up
+        # to a power of two keeps the speedup-table cache hitting from round to round.
+        his = [min(j.max_gpus, total, 1 << (max(j.min_gpus, 1) + spare - 1).bit_length()) for j in elastic]
         models = [j.throughput if j.throughput is not None else self.default_model for j in elastic]
         tables = speedup_tables(models, his, per_node)
         # One flat array for all jobs: a few numpy calls per round, not per job.
@@ -150,7 +152,7 @@ class PolluxPolicy(BasePolicy):
 
     def _grow(self, elastic: list[JobView], capacity: int, total: int, per_node: int) -> list[int]:
         """Counts for the elastic jobs, from their minimum, using at most `capacity` more devices."""
-        utils = self._utility_rows(elastic, total, per_node)
+        utils = self._utility_rows(elastic, capacity, total, per_node)
         held = [j.allocation.num_devices for j in elastic]
         allowed = [
             self._allowed(max(j.min_gpus, 1), len(u) - 1, h, per_node)

@@ -30,7 +30,7 @@ def victim_key(job: JobView) -> tuple[int, float, str]:
 
 
 class PriorityPolicy(BasePolicy):
-    """Priority scheduling; preempts only preemptible, strictly lower-priority running jobs, and only when that makes the job fit."""
+    """Priority first; preempts only preemptible, strictly lower-priority jobs, and only when that makes room."""
 
     name = "priority"
 

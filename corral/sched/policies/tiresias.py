@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import pairwise
 
 from corral.errors import UserError
-
 from corral.sched.policies._common import (
     BasePolicy,
     Counts,
@@ -48,7 +48,7 @@ class TiresiasPolicy(BasePolicy):
     ) -> None:
         super().__init__(placer)
         cuts = tuple(float(t) for t in thresholds)
-        if any(t <= 0 for t in cuts) or any(b <= a for a, b in zip(cuts, cuts[1:])):
+        if any(t <= 0 for t in cuts) or any(b <= a for a, b in pairwise(cuts)):
             raise UserError(f"tiresias thresholds must be positive and increasing, got {list(cuts)}")
         if starvation_factor is not None and starvation_factor <= 0:
             raise UserError(f"tiresias starvation_factor must be > 0 (or None to disable), got {starvation_factor}")
