@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 from corral.sched.types import Allocation, ClusterView, Node
 
 NODE = "local"
@@ -144,10 +146,12 @@ class LocalExecutor:
         if run.proc is not None:
             return run.proc.poll() is None
         try:
-            os.kill(run.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # pragma: no cover - someone else's process reuses the pid
+            proc = psutil.Process(run.pid)
+            # A zombie has ended; a process whose command line does not name this
+            # job's exit file is another process that reused the pid.
+            if proc.status() == psutil.STATUS_ZOMBIE or str(self._exit_file(run.job_id, run.attempt)) not in proc.cmdline():
+                return False
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
         return not self._exit_file(run.job_id, run.attempt).exists()
 

@@ -92,3 +92,29 @@ def test_pending_job_is_cancelled_at_once(env) -> None:
     job = store.add_job(_spec("never", "python -c pass", gpus=1), "alice")
     assert sched.cancel(job.id) == "CANCELLED"
     assert [e.dst for e in store.events(job.id)] == ["PENDING", "CANCELLED"]
+
+
+def test_restarted_service_adopts_live_runs_and_requeues_lost_ones(env) -> None:
+    """A new scheduler on the same store: live runs are watched to the end, lost ones run again; none twice."""
+    import os
+    import signal
+
+    store, executor, sched, tmp = env
+    py = sys.executable
+    live = store.add_job(_spec("live", f"{py} {WORKERS / 'trainer.py'} --out {tmp / 'live'} --epochs 1 --n 64 "
+                               "--batch-size 4 --sleep 0.1"), "alice")
+    lost = store.add_job(_spec("lost", f"{py} {WORKERS / 'sleeper.py'}"), "alice")
+    _run_until(sched, store, lambda: all(store.get_job(j.id).state == "RUNNING" for j in (live, lost)))
+    # The service dies (nothing of it remains but the store); the run of `lost` dies with the machine's luck.
+    os.killpg(store.get_job(lost.id).pid, signal.SIGKILL)
+    time.sleep(0.5)
+    fresh = Scheduler(store, LocalExecutor(devices=2, home=executor.home), policies.get("priority"), grace=15)
+    fresh.recover()
+    assert store.get_job(live.id).state == "RUNNING"  # adopted, not restarted
+    assert store.get_job(lost.id).state == "PENDING"
+    _run_until(fresh, store, lambda: store.get_job(live.id).state == "SUCCEEDED")
+    assert store.get_job(live.id).attempt == 1  # ran once
+    _run_until(fresh, store, lambda: store.get_job(lost.id).state == "RUNNING")
+    assert store.get_job(lost.id).attempt == 2
+    fresh.cancel(lost.id)
+    _run_until(fresh, store, lambda: store.get_job(lost.id).state == "CANCELLED", timeout=30)
