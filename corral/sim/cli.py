@@ -79,6 +79,8 @@ def simulate_command(
         event_rounds=event_rounds,
     )
     seed_i = _seed(seed)
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
     for name in names:
         make_policy(name, placement=placement, seed=seed_i)
     jobs = load_trace(_with_seed(trace, seed_i), devices=view.total_devices)

@@ -29,6 +29,15 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Policies often coincide for long stretches: vary the line style so each stays visible.
+_STYLES = ("-", "--", "-.", ":")
+
+
+def _width(i: int, n: int) -> float:
+    """Earlier series drawn wider, so a later one on top of it leaves it visible."""
+    return 1.0 + 0.6 * (n - 1 - i)
+
+
 def fmt(value: object, kind: str) -> str:
     """One table cell: seconds with thousands separators, percentages, ratios; '-' when undefined."""
     if value is None:
@@ -107,10 +116,11 @@ def plot_all(out: Path, results: Sequence[SimResult], title: str) -> list[Path]:
 
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
+    for i, r in enumerate(results):
         v = np.sort(jcts(r))
         if len(v):
-            ax.step(np.maximum(v, 1e-3), np.arange(1, len(v) + 1) / len(v), where="post", label=r.policy)
+            ax.step(np.maximum(v, 1e-3), np.arange(1, len(v) + 1) / len(v), where="post", label=r.policy,
+                    linestyle=_STYLES[i % len(_STYLES)], linewidth=_width(i, len(results)))
     ax.set_xscale("log")
     ax.set_xlabel("job completion time (s, log scale)")
     ax.set_ylabel("fraction of finished jobs")
@@ -129,12 +139,13 @@ def plot_all(out: Path, results: Sequence[SimResult], title: str) -> list[Path]:
         starts = [r.times[0] for r in results if len(r.times)]
         t0 = min(starts, default=0.0)
         hours = max((r.end_time for r in results), default=0.0) - t0 > 3 * 3600
-        for r in results:
+        for i, r in enumerate(results):
             t, y = series(r)
             if not len(t):
                 continue
             x = (t - t0) / (3600 if hours else 60)
-            ax.plot(x, 100 * y if fname == "utilisation.png" else y, label=r.policy, linewidth=1.2)
+            ax.plot(x, 100 * y if fname == "utilisation.png" else y, label=r.policy,
+                    linewidth=_width(i, len(results)), linestyle=_STYLES[i % len(_STYLES)])
         ax.set_xlabel(f"simulated time since first arrival ({'hours' if hours else 'minutes'})")
         ax.set_ylabel(ylabel)
         if fname == "utilisation.png":

@@ -81,6 +81,8 @@ def default_traces_dir() -> Path:
 def load_trace(spec: str, *, devices: int = 64, traces_dir: Path | None = None) -> list[TraceJob]:
     """Load the jobs named by `spec`, sorted by submit time. `devices` sizes synthetic load."""
     spec = spec.strip()
+    if not spec:
+        raise UserError(f"no trace given: expected {SPEC_HELP}")
     base = traces_dir or default_traces_dir()
     kind, sep, rest = spec.partition(":")
     if sep and not Path(spec).exists():

@@ -11,11 +11,13 @@ next completion analytically:
   application's measured profile (corral.sim.profiles), constant within an
   epoch. A rigid run uses the batch size of the trace; an elastic job given
   another device count picks the best batch for it, as AdaptDL jobs do.
+  It also stands in for the job's reports to the scheduler: the engine asks
+  it for the GoodputModel fitted from the step times the job has run
+  (`throughput_model`) and for AdaptDL's exploration limit (`max_gpus_now`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 from typing import Protocol
 
@@ -190,5 +192,3 @@ def build_work(job: TraceJob, packing: Packing, cross_node_penalty: float) -> Wo
     assert job.duration is not None
     return RigidWork(job.duration, job.gpus, cross_node_penalty, packing)
 
-
-WorkFactory = Callable[[TraceJob], WorkModel]

@@ -83,6 +83,7 @@ def test_malformed_files(tmp_path: Path, text: str, message: str) -> None:
     ("spec", "message"),
     [
         ("nope.csv", "trace file not found: nope.csv"),
+        ("  ", "no trace given"),
         ("foo:3", "unknown trace 'foo:3'"),
         ("synthetic:", "expected synthetic:N[:seed]"),
         ("synthetic:0", "expected synthetic:N[:seed]"),
