@@ -13,6 +13,8 @@ def run(
     ctx: typer.Context,
     script: Annotated[str, typer.Argument(help="Training script (.py) or executable, followed by its own arguments.")],
     nproc: Annotated[int, typer.Option("--nproc", "-n", help="Worker processes to start.")] = 1,
+    servers: Annotated[int, typer.Option(help="Parameter-server processes to start beside the workers "
+                                               "(for corral.init(strategy='ps')).")] = 0,
     max_restarts: Annotated[int, typer.Option(help="Restart the whole gang this many times on a failure.")] = 0,
     master_port: Annotated[Optional[int], typer.Option(help="Rendezvous port (default: a free port).")] = None,
     log_dir: Annotated[Optional[Path], typer.Option(help="Also write each rank's output to DIR/rank-N.log.")] = None,
@@ -22,7 +24,8 @@ def run(
     from corral.runtime.launch import LaunchConfig, launch
 
     cfg = LaunchConfig(
-        script=script, args=list(ctx.args), nproc=nproc, max_restarts=max_restarts, master_port=master_port,
+        script=script, args=list(ctx.args), nproc=nproc, servers=servers, max_restarts=max_restarts,
+        master_port=master_port,
         log_dir=log_dir, grace_period=grace_period,
     )
     result = launch(cfg)

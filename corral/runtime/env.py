@@ -16,6 +16,10 @@ from corral import PREEMPTED_EXIT_CODE
 
 CHECKPOINT_DIR = "CORRAL_CHECKPOINT_DIR"
 STRAGGLER = "CORRAL_STRAGGLER"
+# Parameter servers (`corral run --servers S`): workers learn S; each server its index and N.
+PS_SERVERS = "CORRAL_PS_SERVERS"
+PS_WORKERS = "CORRAL_PS_WORKERS"
+PS_SERVER_INDEX = "CORRAL_PS_SERVER_INDEX"
 
 
 def _int(name: str, default: int) -> int:
@@ -68,6 +72,21 @@ def straggler_factor(rank_: int) -> float:
     return 1.0
 
 
+def ps_servers() -> int:
+    """Parameter-server processes the launcher started beside the workers (0: none)."""
+    return _int(PS_SERVERS, 0)
+
+
+def ps_workers() -> int:
+    """Number of workers, as a parameter server sees it."""
+    return _int(PS_WORKERS, 0)
+
+
+def ps_server_index() -> int:
+    """This parameter server's index, 0..S-1."""
+    return _int(PS_SERVER_INDEX, 0)
+
+
 def worker_env(
     *,
     rank_: int,
@@ -77,9 +96,11 @@ def worker_env(
     restart_count_: int,
     max_restarts: int,
     run_id: str,
+    servers: int = 0,
 ) -> dict[str, str]:
-    """The variables torchrun sets for one worker on a single node."""
+    """The variables torchrun sets for one worker on a single node (and how many PS servers run)."""
     return {
+        PS_SERVERS: str(servers),
         "RANK": str(rank_),
         "LOCAL_RANK": str(rank_),
         "WORLD_SIZE": str(world_size_),
@@ -97,4 +118,28 @@ def worker_env(
         # The launcher hosts the TCPStore (a fresh one per attempt), so every
         # rank connects as a client and no rank reads a dead gang's keys.
         "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }
+
+
+def server_env(
+    *,
+    index: int,
+    workers: int,
+    servers: int,
+    master_addr: str,
+    master_port: int,
+    restart_count_: int,
+    max_restarts: int,
+    run_id: str,
+) -> dict[str, str]:
+    """The variables of parameter server `index`: the rendezvous, N, S and its index (no RANK: not a worker)."""
+    return {
+        PS_SERVER_INDEX: str(index),
+        PS_WORKERS: str(workers),
+        PS_SERVERS: str(servers),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "TORCHELASTIC_RESTART_COUNT": str(restart_count_),
+        "TORCHELASTIC_MAX_RESTARTS": str(max_restarts),
+        "TORCHELASTIC_RUN_ID": run_id,
     }

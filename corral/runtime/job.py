@@ -138,6 +138,7 @@ class ShardedLoader:
         job = self.job
         start = self.batches_done
         job._loader = self
+        job._straggle_from = time.perf_counter()  # a straggler's step time excludes what ran between epochs
         for b in range(start, plan.num_batches):
             batch = _to_device(self._fetch(plan.batch(b)), job.device)
             job._begin_micro_step(last_of_epoch=b == plan.num_batches - 1)
@@ -222,11 +223,13 @@ class Job:
         self._epochs_total: int | None = None
         self._last_boundary = time.perf_counter()
         self._straggle = env.straggler_factor(self.rank)
+        self._straggle_from = self._last_boundary
 
-        self._init_process_group()
+        # The strategy checks its options before any process group starts.
         self.strategy: Strategy = get_strategy(
             strategy, world_size=self.world_size, device=self.device, **strategy_options
         )
+        self._init_process_group()
         _seed_everything(seed)
         self._payload = ckpt.load(ckpt.checkpoint_path(self.checkpoint_dir)) if self.checkpoint_dir else None
         if self._payload is not None:
@@ -307,13 +310,15 @@ class Job:
                 self._scaler.load_state_dict(self._payload["scaler"])
         self._model = self.strategy.wrap_model(model)
         self._optimizer = optimizer
-        self._loader = ShardedLoader(
+        self.strategy.attach(self, self._model, optimizer)
+        self._loader = (self.strategy.loader_class or ShardedLoader)(
             self, dataset, batch_size, partition=partition, shuffle=shuffle, drop_last=drop_last,
             costs=costs, key=key, collate_fn=collate_fn, num_workers=num_workers,
         )
         if self._payload is not None:
             _restore_rng(self._payload.get("rng", []), self.rank)
             self._payload = None  # free the memory; everything is restored
+        self._straggle_from = time.perf_counter()  # a straggler's first step excludes the set-up
         return self._model, optimizer, self._loader
 
     # -- the loop -----------------------------------------------------------
@@ -369,7 +374,7 @@ class Job:
         self._end_micro_step_context()
         if self._micro == 0 or self._optimizer is None or self._model is None:
             return
-        if self.distributed:
+        if self.distributed and self.strategy.syncs_in_backward:
             # These micro-steps ran under no_sync(): average their gradients by hand.
             for p in self._model.parameters():
                 if p.grad is not None:
@@ -388,7 +393,7 @@ class Job:
             self._scaler.step(opt)
             self._scaler.update()
         else:
-            opt.step()
+            self.strategy.optimizer_step(opt)
         opt.zero_grad(set_to_none=True)
         self._micro = 0
         self.step_count += 1
@@ -396,6 +401,8 @@ class Job:
             # Everything yielded so far is now inside the model's weights.
             self._loader.batches_done = self._loader.yielded
         self._straggler_delay()
+        if not self.strategy.lockstep:
+            return  # asynchronous workers checkpoint and stop together where their loader syncs them
         if self.checkpoint_every and self.step_count % self.checkpoint_every == 0 and self.checkpoint_dir:
             self.save()
         if self._should_stop():
@@ -405,7 +412,9 @@ class Job:
         now = time.perf_counter()
         self.stats.last_step_s = now - self._last_boundary
         if self._straggle > 1.0:
-            time.sleep((self._straggle - 1.0) * self.stats.last_step_s)
+            # Slower by this step's own time, not by set-up or what ran between epochs (e.g. the
+            # wait for parameter servers to start, which would stall a straggler for seconds).
+            time.sleep((self._straggle - 1.0) * (now - max(self._last_boundary, self._straggle_from)))
             now = time.perf_counter()
         self._last_boundary = now
 
@@ -475,7 +484,7 @@ class Job:
                 "step": self.step_count,
                 "epoch": self.epoch,
                 "model": self.strategy.state_dict(self._model),
-                "optimizer": self._optimizer.state_dict(),
+                "optimizer": self.strategy.optimizer_state_dict(self._optimizer),
                 "sampler": {"history": history_to_state(history)},
                 "rng": states,
                 "state": self.state,
@@ -529,6 +538,7 @@ class Job:
     def _teardown(self) -> None:
         self._end_micro_step_context()
         self._wait_vote()
+        self.strategy.close()
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()

@@ -4,6 +4,12 @@ The launcher hosts the rendezvous TCPStore itself, a fresh one per attempt:
 workers connect as clients (TORCHELASTIC_USE_AGENT_STORE=True), so a restarted
 gang never reads the dead gang's keys (see TORCH-NOTES: restarting on the same
 store with stale keys hangs) and rank 0 does not pay for starting a store.
+
+With `--servers S` it also starts S parameter servers (`python -m
+corral.runtime.ps.server`, output prefixed `[server k]`) for the `ps` strategy.
+They belong to the gang: one failing fails the gang. Signals to the launcher
+go to the workers only, so the servers stay up while the workers checkpoint;
+servers leave when rank 0 says so, or are stopped once every worker has ended.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class LaunchConfig:
     script: str
     args: Sequence[str] = ()
     nproc: int = 1
+    servers: int = 0
     max_restarts: int = 0
     master_port: int | None = None
     master_addr: str = "127.0.0.1"
@@ -51,12 +58,15 @@ class LaunchResult:
     exit_code: int
     restarts: int
     failed_rank: int | None = None
+    failed_server: int | None = None
 
 
 def validate(cfg: LaunchConfig) -> list[str]:
     """Check the config before anything starts; return the command that runs one worker."""
     if cfg.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {cfg.nproc}")
+    if cfg.servers < 0:
+        raise UserError(f"--servers must be >= 0, got {cfg.servers}")
     if cfg.max_restarts < 0:
         raise UserError(f"--max-restarts must be >= 0, got {cfg.max_restarts}")
     if cfg.grace_period < 0:
@@ -122,14 +132,15 @@ class _Gang:
 
     def __init__(self, cfg: LaunchConfig, cmd: list[str], port: int, attempt: int, out: IO[bytes], err: IO[bytes]):
         self.cfg = cfg
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []  # the workers by rank, then the servers
+        self.labels: list[str] = []
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         base = dict(os.environ)
         base.update(cfg.extra_env)
         # Threads x processes must stay <= cores (TORCH-NOTES): one thread per
         # worker unless the user chose otherwise, as torchrun does.
-        if cfg.nproc > 1:
+        if cfg.nproc + cfg.servers > 1:
             base.setdefault("OMP_NUM_THREADS", "1")
         if cfg.master_addr in ("127.0.0.1", "localhost"):
             base.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -141,30 +152,43 @@ class _Gang:
             worker_env = dict(base)
             worker_env.update(env.worker_env(
                 rank_=rank, world_size_=cfg.nproc, master_addr=cfg.master_addr, master_port=port,
+                restart_count_=attempt, max_restarts=cfg.max_restarts, run_id=cfg.run_id, servers=cfg.servers,
+            ))
+            self._start(cmd, worker_env, f"rank {rank}", f"rank-{rank}.log", attempt, out, err)
+        server_cmd = [sys.executable, "-u", "-m", "corral.runtime.ps.server"]
+        for k in range(cfg.servers):
+            server_env = dict(base)
+            server_env.update(env.server_env(
+                index=k, workers=cfg.nproc, servers=cfg.servers, master_addr=cfg.master_addr, master_port=port,
                 restart_count_=attempt, max_restarts=cfg.max_restarts, run_id=cfg.run_id,
             ))
-            log = None
-            if cfg.log_dir is not None:
-                log = open(cfg.log_dir / f"rank-{rank}.log", "ab")
-                if attempt:
-                    log.write(f"--- restart {attempt} ---\n".encode())
-                    log.flush()
-            self.logs.append(log)
-            # A new session per worker: signals reach the worker and its own
-            # children (data-loader processes) through its process group.
-            proc = subprocess.Popen(
-                cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-            self.procs.append(proc)
-            for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
-                t = threading.Thread(target=self._pump, args=(rank, stream, sink, log), daemon=True)
-                t.start()
-                self.threads.append(t)
+            self._start(server_cmd, server_env, f"server {k}", f"server-{k}.log", attempt, out, err)
 
-    def _pump(self, rank: int, stream: IO[bytes] | None, sink: IO[bytes], log: IO[bytes] | None) -> None:
+    def _start(self, cmd: list[str], proc_env: dict[str, str], label: str, log_name: str, attempt: int,
+               out: IO[bytes], err: IO[bytes]) -> None:
+        log = None
+        if self.cfg.log_dir is not None:
+            log = open(self.cfg.log_dir / log_name, "ab")
+            if attempt:
+                log.write(f"--- restart {attempt} ---\n".encode())
+                log.flush()
+        self.logs.append(log)
+        # A new session per process: signals reach it and its own children
+        # (data-loader processes) through its process group.
+        proc = subprocess.Popen(
+            cmd, env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.procs.append(proc)
+        self.labels.append(label)
+        for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
+            t = threading.Thread(target=self._pump, args=(label, stream, sink, log), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _pump(self, label: str, stream: IO[bytes] | None, sink: IO[bytes], log: IO[bytes] | None) -> None:
         assert stream is not None
-        prefix = f"[rank {rank}] ".encode()
+        prefix = f"[{label}] ".encode()
         for line in iter(stream.readline, b""):
             with self.lock:
                 sink.write(prefix + line)
@@ -174,9 +198,14 @@ class _Gang:
                     log.flush()
         stream.close()
 
-    def signal(self, sig: int) -> None:
-        """Send `sig` to every worker still running (and its process group)."""
-        for proc in self.procs:
+    @property
+    def workers(self) -> list[subprocess.Popen[bytes]]:
+        """The worker processes (rank order), without the servers."""
+        return self.procs[: self.cfg.nproc]
+
+    def signal(self, sig: int, *, workers_only: bool = False) -> None:
+        """Send `sig` to every process still running (and its process group), or to the workers only."""
+        for proc in self.workers if workers_only else self.procs:
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, sig)
@@ -237,8 +266,9 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
     attempt = 0
     with _Signals() as signals:
         while True:
-            store = _Store(cfg.master_addr, cfg.master_port, cfg.nproc)
-            say(f"starting {cfg.nproc} worker(s), attempt {attempt + 1}/{cfg.max_restarts + 1}, "
+            store = _Store(cfg.master_addr, cfg.master_port, cfg.nproc + cfg.servers)
+            servers = f" and {cfg.servers} server(s)" if cfg.servers else ""
+            say(f"starting {cfg.nproc} worker(s){servers}, attempt {attempt + 1}/{cfg.max_restarts + 1}, "
                 f"rendezvous {cfg.master_addr}:{store.port}")
             gang = _Gang(cfg, cmd, store.port, attempt, out, err)
             try:
@@ -250,7 +280,9 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
                 store.close()
             if outcome.state == FAILED and attempt < cfg.max_restarts and not signals.received:
                 attempt += 1
-                say(f"restarting the gang ({attempt}/{cfg.max_restarts}) after rank {outcome.failed_rank} failed")
+                who = f"server {outcome.failed_server}" if outcome.failed_server is not None \
+                    else f"rank {outcome.failed_rank}"
+                say(f"restarting the gang ({attempt}/{cfg.max_restarts}) after {who} failed")
                 continue
             outcome.restarts = attempt
             if outcome.state == SUCCEEDED:
@@ -260,8 +292,15 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
             return outcome
 
 
+def _failure(gang: _Gang, index: int, code: int, state: str = FAILED) -> LaunchResult:
+    """The result of a gang whose process `index` (a worker rank, or a server after the workers) ended with `code`."""
+    if index < gang.cfg.nproc:
+        return LaunchResult(state, _exit_code(code), 0, failed_rank=index)
+    return LaunchResult(state, _exit_code(code), 0, failed_server=index - gang.cfg.nproc)
+
+
 def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> LaunchResult:
-    """Wait for the gang to end; stop it as soon as one worker fails."""
+    """Wait for the gang to end; stop it as soon as one process fails."""
     forwarded = 0
     while True:
         while forwarded < len(signals.received):
@@ -269,26 +308,30 @@ def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> Launc
             forwarded += 1
             if forwarded == 1:
                 say(f"received {signal.Signals(sig).name}: forwarding to every worker")
-                gang.signal(sig)
+                # Servers keep serving: the workers need them to save their checkpoint.
+                gang.signal(sig, workers_only=True)
             else:
                 say("second signal: killing every worker")
                 gang.signal(signal.SIGKILL)
-        codes = [p.poll() for p in gang.procs]
-        for rank, code in enumerate(codes):
+        all_codes = [p.poll() for p in gang.procs]
+        for i, code in enumerate(all_codes):
             if code not in (None, 0, env.PREEMPTED_EXIT_CODE) and not signals.received:
-                say(f"rank {rank} failed ({_describe(code)}); stopping the other workers")
+                say(f"{gang.labels[i]} failed ({_describe(code)}); stopping the other "
+                    f"{'processes' if cfg.servers else 'workers'}")
                 gang.stop(cfg.grace_period)
-                return LaunchResult(FAILED, _exit_code(code), 0, failed_rank=rank)
+                return _failure(gang, i, code)
+        codes = all_codes[: cfg.nproc]
         if all(c is not None for c in codes):
+            _stop_servers(gang, cfg)
             break
         if env.PREEMPTED_EXIT_CODE in codes:
             # One rank saved and stopped: its peers agreed to stop at the same
             # step, so give them the grace period to finish, then end them.
             deadline = time.monotonic() + max(cfg.grace_period, 1.0)
-            while gang.alive() and time.monotonic() < deadline:
+            while any(p.poll() is None for p in gang.workers) and time.monotonic() < deadline:
                 time.sleep(0.02)
             gang.stop(0)
-            codes = [p.poll() for p in gang.procs]
+            codes = [p.poll() for p in gang.workers]
             break
         time.sleep(0.02)
     if env.PREEMPTED_EXIT_CODE in codes:
@@ -297,5 +340,13 @@ def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> Launc
         return LaunchResult(SUCCEEDED, 0, 0)
     # Ended by a signal to the launcher without the Job API's clean exit.
     worst = next(c for c in codes if c not in (0, None))
-    return LaunchResult(INTERRUPTED if signals.received else FAILED, _exit_code(worst), 0,
-                        failed_rank=codes.index(worst))
+    return _failure(gang, codes.index(worst), worst, INTERRUPTED if signals.received else FAILED)
+
+
+def _stop_servers(gang: _Gang, cfg: LaunchConfig) -> None:
+    """Every worker has ended: servers told to shut down leave at once; stop any that stay."""
+    deadline = time.monotonic() + min(2.0, cfg.grace_period)
+    while gang.alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if gang.alive():
+        gang.stop(cfg.grace_period)

@@ -22,10 +22,32 @@ class Strategy:
     """How a job's model is replicated and its gradients synchronised."""
 
     name: ClassVar[str] = ""
+    # Every worker takes the same optimizer steps, so the Job may run a collective
+    # (checkpoint, preemption vote) right after a step. False for asynchronous PS.
+    lockstep: bool = True
+    # Micro-steps outside no_sync() average gradients in backward; when an epoch ends
+    # mid-accumulation the Job all-reduces what no_sync() left local.
+    syncs_in_backward: bool = True
+    # The loader class the Job builds in prepare() (None: its own ShardedLoader).
+    loader_class: type | None = None
 
     def __init__(self, *, world_size: int, device: torch.device) -> None:
         self.world_size = world_size
         self.device = device
+
+    def attach(self, job: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called by job.prepare once the model is wrapped and restored: connect whatever the strategy needs."""
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply this step's (synchronised) gradients."""
+        optimizer.step()
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer state to checkpoint, in torch's own format."""
+        return optimizer.state_dict()
+
+    def close(self) -> None:
+        """The job is leaving: release what `attach` connected."""
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """The model the user trains (possibly wrapped for communication)."""
@@ -72,7 +94,14 @@ class DDPStrategy(Strategy):
             yield
 
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"ddp": DDPStrategy}
+def _ps(**kwargs: Any) -> Strategy:
+    # Imported on use: the parameter-server package imports the Job module (for its loader).
+    from corral.runtime.ps.strategy import PSStrategy
+
+    return PSStrategy(**kwargs)
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {"ddp": DDPStrategy, "ps": _ps}
 
 
 def get_strategy(name: str, **kwargs: Any) -> Strategy:
