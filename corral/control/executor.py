@@ -53,6 +53,10 @@ class Executor(Protocol):
         """Runs that ended since the last call."""
         ...
 
+    def needs_attention(self) -> bool:
+        """True when a run ended or a stop deadline passed (the loop runs a round at once then)."""
+        ...
+
     def adopt(self, job_id: int, attempt: int, pid: int | None) -> bool:
         """After a restart of the service: keep watching a run that is still alive; False if it is gone."""
         ...
@@ -183,6 +187,16 @@ class LocalExecutor:
             rc = run.proc.returncode
             return 128 - rc if rc < 0 else rc
         return 137  # gone without a word: killed
+
+    def needs_attention(self) -> bool:
+        """True when a run ended or a kill deadline passed, so a round should run now."""
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            if run.kill_at is not None and now >= run.kill_at or run.hard_kill_at is not None and now >= run.hard_kill_at:
+                return True
+            if not self._alive(run):
+                return True
+        return False
 
     def adopt(self, job_id: int, attempt: int, pid: int | None) -> bool:
         exit_file = self._exit_file(job_id, attempt)

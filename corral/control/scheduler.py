@@ -8,6 +8,8 @@ state change of a round is written in one transaction.
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,14 +22,15 @@ from corral import PREEMPTED_EXIT_CODE
 from corral.control.executor import Executor, LocalExecutor, RunExit
 from corral.control.spec import JobSpec
 from corral.control.states import JobState
-from corral.control.store import Job, Store
+from corral.control.store import Job, Store, hash_token
 from corral.sched.types import Allocation, ClusterView, JobView, Policy
 
 log = logging.getLogger("corral.scheduler")
 
 # Persisted in Job.reason while an action is under way, so that a restarted
 # service knows why a run it finds ending was stopped.
-PREEMPTING, CANCELLING = "Preempting", "Cancelling"
+PREEMPTING, CANCELLING, RESIZING, TIMING_OUT = "Preempting", "Cancelling", "Resizing", "TimingOut"
+STOPPING = (PREEMPTING, CANCELLING, RESIZING, TIMING_OUT)
 
 
 def _alloc(job: Job) -> Allocation:
@@ -54,12 +57,16 @@ class Scheduler:
         self.grace = grace
         self.clock = clock
         self._last_round: float | None = None
+        self._extra_env: dict[str, str] = {}
+        # The API thread (cancel) and the loop thread (round) both act on the
+        # executor; one lock keeps each action whole.
+        self.lock = threading.RLock()
 
     # -- actions requested from outside (API) ----------------------------------
 
     def cancel(self, job_id: int) -> str:
         """Cancel a job: at once when it waits, by stopping its run when it runs. Returns its new state."""
-        with self.store.session() as s:
+        with self.lock, self.store.session() as s:
             job = s.get(Job, job_id)
             if job is None or JobState(job.state).is_terminal:
                 return job.state if job else ""
@@ -75,7 +82,7 @@ class Scheduler:
 
     def recover(self) -> None:
         """After a (re)start: adopt runs that are still alive; requeue jobs whose runs are gone."""
-        with self.store.session() as s:
+        with self.lock, self.store.session() as s:
             for job in s.scalars(select(Job).where(Job.state.in_([JobState.RUNNING.value,
                                                                    JobState.RESTARTING.value]))):
                 if self.executor.adopt(job.id, job.attempt, job.pid):
@@ -87,8 +94,13 @@ class Scheduler:
 
     # -- one round -------------------------------------------------------------
 
-    def round(self) -> None:
-        """Run one scheduling round."""
+    def round(self, extra_env: dict[str, str] | None = None) -> None:
+        """Run one scheduling round; `extra_env` is added to the environment of runs it starts."""
+        with self.lock:
+            self._extra_env = dict(extra_env or {})
+            self._round()
+
+    def _round(self) -> None:
         now = self.clock()
         with self.store.session() as s:
             for ended in self.executor.poll():
@@ -101,12 +113,19 @@ class Scheduler:
             for job in active:
                 if JobState(job.state).holds_devices:
                     self._account(job, now)
+                    self._check_timeout(job)
             cluster = self.executor.cluster()
-            busy = [j for j in active if j.reason in (PREEMPTING, CANCELLING)]
+            busy = [j for j in active if j.reason in STOPPING]
             schedulable = [j for j in active if j not in busy]
             decision = self.policy.schedule(now, [self._view(j) for j in schedulable], cluster)
             self._apply(s, schedulable, busy, decision.allocations, decision.reasons, cluster, now)
         self._last_round = now
+
+    def _check_timeout(self, job: Job) -> None:
+        limit = (job.spec or {}).get("timeout")
+        if limit and job.run_time >= float(limit) and job.reason not in STOPPING:
+            job.reason = TIMING_OUT
+            self.executor.stop(job.id, self.grace)
 
     def _account(self, job: Job, now: float) -> None:
         """Add the time since the last round to the job's run time and attained service."""
@@ -137,7 +156,8 @@ class Scheduler:
                 continue
             target = allocations.get(str(job.id), Allocation())
             if set(target.devices()) != set(_alloc(job).devices()):
-                job.reason = PREEMPTING
+                # Kept with another size: an elastic resize; dropped: a preemption.
+                job.reason = RESIZING if target else PREEMPTING
                 busy.append(job)
                 self.executor.stop(job.id, self.grace)
         # 2. Pending jobs given devices start when those devices are free now.
@@ -155,7 +175,9 @@ class Scheduler:
 
     def _start(self, s: Session, job: Job, alloc: Allocation, now: float, *, cause: str) -> None:
         spec = JobSpec.model_validate(job.spec)
-        env = dict(spec.env)
+        token = secrets.token_urlsafe(18)
+        env = {**self._extra_env, **spec.env, "CORRAL_JOB_TOKEN": token}
+        job.job_token_hash = hash_token(token)
         job.attempt += 1
         try:
             job.pid = self.executor.start(job.id, job.attempt, spec.argv(), alloc, env=env, workdir=spec.workdir)
@@ -177,6 +199,17 @@ class Scheduler:
             self._finish(s, job, JobState.CANCELLED, f"cancelled by user (exit code {code})", now)
         elif code == 0:
             self._finish(s, job, JobState.SUCCEEDED, "exit code 0", now)
+        elif job.reason == TIMING_OUT:
+            self._finish(s, job, JobState.FAILED, f"timed out after {job.run_time:.0f} s of running (exit code {code})",
+                         now)
+        elif job.reason == RESIZING:
+            job.resizes += 1
+            old = _alloc(job).num_devices
+            self.store.transition(s, job, JobState.PREEMPTED, f"resize from {old} devices by {self.policy.name}",
+                                  now=now)
+            self.store.transition(s, job, JobState.PENDING, "requeued at a new size; resumes from its checkpoint",
+                                  now=now)
+            job.allocation, job.reason, job.run_start = {}, "Resources", None
         elif code == PREEMPTED_EXIT_CODE or job.reason == PREEMPTING:
             job.preemptions += 1
             self.store.transition(s, job, JobState.PREEMPTED, f"preempted by {self.policy.name} (exit code {code})",

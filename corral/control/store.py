@@ -74,12 +74,15 @@ class Job(Base):
     run_time: Mapped[float] = mapped_column(Float, default=0.0)  # seconds running, all runs
     restarts: Mapped[int] = mapped_column(Integer, default=0)  # after failures
     preemptions: Mapped[int] = mapped_column(Integer, default=0)  # by the scheduler
+    resizes: Mapped[int] = mapped_column(Integer, default=0)  # elastic jobs restarted at a new size
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # runs started so far
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # launcher process of the current run
     last_log: Mapped[str] = mapped_column(Text, default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Hash of the token the current run uses to report metrics (CORRAL_JOB_TOKEN).
+    job_token_hash: Mapped[str] = mapped_column(String(64), default="")
 
 
 class Event(Base):
@@ -236,6 +239,19 @@ class Store:
                 job.step = max(job.step, step)
                 if "progress" in values:
                     job.progress = float(values["progress"])
+
+    def add_metrics_batch(self, job_id: int, records: Sequence[tuple[int, dict[str, float], float | None]]) -> None:
+        """Record several (step, values, time) reports of a job in one transaction."""
+        now = time.time()
+        with self.session() as s:
+            for step, values, t in records:
+                s.add(Metric(job_id=job_id, step=step, values=values, time=t or now))
+            job = s.get(Job, job_id)
+            if job is not None and records:
+                job.step = max(job.step, max(r[0] for r in records))
+                progress = [r[1]["progress"] for r in records if "progress" in r[1]]
+                if progress:
+                    job.progress = float(progress[-1])
 
     def metrics(self, job_id: int) -> list[Metric]:
         """A job's reported metrics, oldest first."""

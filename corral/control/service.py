@@ -1,0 +1,165 @@
+"""The running service: store, executor and scheduler, with the loop thread that drives rounds.
+
+The HTTP app (app.py) and `corral demo` both hold one `Service`; everything
+that changes state goes through it so that a submit or a cancel wakes the
+loop at once instead of waiting for the next periodic round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.control.executor import LocalExecutor, default_devices
+from corral.control.scheduler import Scheduler
+from corral.control.spec import JobSpec
+from corral.control.store import Job, Store
+from corral.errors import UserError
+from corral.sched import policies
+
+log = logging.getLogger("corral.service")
+
+ADMIN = "admin"
+
+
+def corral_home() -> Path:
+    """CORRAL_HOME, else ~/.corral (created)."""
+    home = Path(os.environ.get("CORRAL_HOME", Path.home() / ".corral"))
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the service runs: where its state lives, how many devices, which policy, how often."""
+
+    home: Path
+    db: str | None = None  # SQLAlchemy URL; None: CORRAL_DB or SQLite under home
+    devices: int | None = None  # None: CUDA devices, else a CPU-based number
+    policy: str = "priority"
+    placer: str = "pack"
+    round_seconds: float = 5.0
+    grace: float = 10.0
+
+
+class Service:
+    """One corral service: the store, the local executor and the scheduler loop."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        if config.devices is not None and not 1 <= config.devices <= 4096:
+            raise UserError(f"--devices must be between 1 and 4096, got {config.devices}")
+        if config.round_seconds <= 0:
+            raise UserError(f"--round must be > 0 seconds, got {config.round_seconds}")
+        if config.grace < 0:
+            raise UserError(f"--grace must be >= 0 seconds, got {config.grace}")
+        policy = policies.get(config.policy, placer=config.placer)
+        self.config = config
+        home = Path(config.home)
+        home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.db or os.environ.get("CORRAL_DB") or f"sqlite:///{home / 'corral.db'}")
+        self.executor = LocalExecutor(config.devices or default_devices(), home)
+        self.scheduler = Scheduler(self.store, self.executor, policy, grace=config.grace)
+        self.url: str | None = None  # set by the server once it listens; given to jobs for metrics
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+        self.last_round_seconds = 0.0
+
+    # -- users ---------------------------------------------------------------
+
+    def ensure_admin(self) -> Path | None:
+        """Create the admin user on first start; return the file its token was written to (None if it existed)."""
+        if self.store.has_admin():
+            return None
+        token = self.store.create_user(ADMIN, admin=True)
+        home = Path(self.config.home)
+        path = home / "admin-token"
+        _write_secret(path, token)
+        # The CLI reads ~/.corral/token (CORRAL_HOME/token): the operator who
+        # started the server can use it at once.
+        if not (home / "token").exists():
+            _write_secret(home / "token", token)
+        return path
+
+    # -- jobs ----------------------------------------------------------------
+
+    def total_devices(self) -> int:
+        """Devices the executor can hand out."""
+        return self.executor.cluster().total_devices
+
+    def submit(self, spec: JobSpec, user: str) -> Job:
+        """Queue a job, refusing one that could never fit the cluster."""
+        res = spec.resources
+        total = self.total_devices()
+        if (res.min_gpus or 1) > total:
+            raise UserError(f"resources: the job needs at least {res.min_gpus} devices; "
+                            f"this cluster has {total}, so it could never run")
+        job = self.store.add_job(spec.model_dump(mode="json", by_alias=False), user)
+        self.wake()
+        return job
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a job (stopping its run if it has one); return its state now."""
+        state = self.scheduler.cancel(job_id)
+        self.wake()
+        return state
+
+    def log_path(self, job_id: int, rank: int | None) -> Path:
+        """The log file of one rank, or the launcher's log (every rank, prefixed) when rank is None."""
+        if rank is None:
+            return self.executor.job_dir(job_id) / "launcher.log"
+        return self.executor.log_dir(job_id) / f"rank-{rank}.log"
+
+    # -- the loop --------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask for a scheduling round now."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Recover from the store, then run the scheduler loop in a background thread."""
+        self.scheduler.recover()
+        self._thread = threading.Thread(target=self._loop, name="corral-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop (runs keep going: they belong to no process of the service)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        last = 0.0
+        while not self._stop.is_set():
+            woken = self._wake.wait(timeout=0.2)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            # Rounds run on a wake-up (submit, cancel), when a run ended or must
+            # be killed, and every round_seconds; the executor check is cheap.
+            if woken or self.executor.needs_attention() or now - last >= self.config.round_seconds:
+                t0 = time.perf_counter()
+                try:
+                    self.scheduler.round(extra_env=self._job_env())
+                except Exception:  # the loop must outlive any one bad round
+                    log.exception("scheduling round failed")
+                self.last_round_seconds = time.perf_counter() - t0
+                self.rounds += 1
+                last = now
+
+    def _job_env(self) -> dict[str, str]:
+        return {"CORRAL_SERVER": self.url} if self.url else {}
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write a token readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")

@@ -1,0 +1,306 @@
+"""The HTTP API: every route with good and bad input; bad input is one 4xx line and changes nothing."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import ROOT, WORKERS
+from tests.control.conftest import LiveServer
+
+API = "/api/v1"
+
+
+def spec(name: str = "j", cmd: str = "python -c pass", gpus: int = 1, **extra) -> dict:
+    return {"name": name, "entrypoint": cmd, "workdir": str(ROOT), "resources": {"gpus": gpus}, **extra}
+
+
+def sleeper(seconds: float = 60) -> str:
+    return f"{sys.executable} {WORKERS / 'sleeper.py'} {seconds}"
+
+
+def snapshot(server: LiveServer) -> list[tuple]:
+    """Everything a bad request must leave untouched: jobs, their states and events, users."""
+    store = server.service.store
+    jobs = [(j.id, j.state, j.reason, j.attempt) for j in store.list_jobs()]
+    events = [(j[0], len(store.events(j[0]))) for j in jobs]
+    with store.session() as s:
+        from sqlalchemy import func, select
+
+        from corral.control.store import Metric, User
+
+        users = s.scalar(select(func.count()).select_from(User))
+        metrics = s.scalar(select(func.count()).select_from(Metric))
+    return [*jobs, *events, ("users", users), ("metrics", metrics)]
+
+
+def wait_state(server: LiveServer, job_id: int, states: set[str], timeout: float = 60) -> dict:
+    c = server.client()
+    deadline = time.monotonic() + timeout
+    while True:
+        job = c.get(f"{API}/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+
+
+def one_line(resp) -> str:
+    detail = resp.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and detail, resp.text
+    return detail
+
+
+# -- auth ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,path", [
+    ("get", "/jobs"), ("post", "/jobs"), ("get", "/jobs/1"), ("post", "/jobs/1/cancel"), ("get", "/jobs/1/events"),
+    ("get", "/jobs/1/metrics"), ("post", "/jobs/1/metrics"), ("get", "/jobs/1/logs"), ("get", "/cluster"),
+    ("get", "/whoami"), ("post", "/users"),
+])
+def test_every_route_needs_a_token(server: LiveServer, method: str, path: str) -> None:
+    before = snapshot(server)
+    for token in ("", "not-a-token"):
+        resp = getattr(server.client(token), method)(API + path, **({"json": {}} if method == "post" else {}))
+        assert resp.status_code in (401, 422), resp.text  # 422 only when the body is checked first
+        if resp.status_code == 401:
+            assert resp.headers["www-authenticate"] == "Bearer"
+            assert "token" in one_line(resp)
+    assert snapshot(server) == before
+
+
+def test_health_and_docs_need_no_token(server: LiveServer) -> None:
+    c = server.client("")
+    assert c.get(f"{API}/health").json()["status"] == "ok"
+    assert c.get("/openapi.json").json()["info"]["title"] == "corral"
+    assert c.get("/docs").status_code == 200
+    assert "corral" in c.get("/").text
+
+
+def test_admin_creates_users_and_others_cannot(server: LiveServer) -> None:
+    admin = server.client()
+    resp = admin.post(f"{API}/users", json={"name": "alice"})
+    assert resp.status_code == 201
+    alice = server.client(resp.json()["token"])
+    assert alice.get(f"{API}/whoami").json() == {"name": "alice", "admin": False}
+    before = snapshot(server)
+    resp = alice.post(f"{API}/users", json={"name": "mallory", "admin": True})
+    assert resp.status_code == 403 and "admin" in one_line(resp)
+    for bad in ({"name": ""}, {"name": "a b"}, {"name": "x" * 65}, {}, {"name": "ok", "extra": 1}):
+        assert admin.post(f"{API}/users", json=bad).status_code == 422
+    assert snapshot(server) == before
+
+
+# -- submit ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body,expect", [
+    ({"name": "x", "entrypoint": "python -c pass", "bogus": 1}, "bogus: unknown field"),
+    ({"name": "x"}, "entrypoint: Field required"),
+    ({"name": "x", "entrypoint": "p", "resources": {"gpus": -1}}, "resources.gpus"),
+    ({"name": "x", "entrypoint": "p", "resources": {"gpus": 0}}, "resources.gpus"),
+    ({"name": "x", "entrypoint": "p", "resources": {"gpus": 3}}, "at least 3 devices; this cluster has 2"),
+    ({"name": "x", "entrypoint": "p", "resources": {"min_gpus": 3, "max_gpus": 4}}, "at least 3 devices"),
+    ({"name": "x", "entrypoint": "p", "resources": {"min_gpus": 2, "max_gpus": 1}}, "min_gpus (2) must be <="),
+    ({"name": "x", "entrypoint": "p", "priority": 10**6}, "priority"),
+    ({"name": "x", "entrypoint": "p", "max_restarts": -1}, "max_restarts"),
+    ({"name": "x", "entrypoint": "'unclosed"}, "entrypoint is not a valid command line"),
+    ({"name": "bad name!", "entrypoint": "p"}, "name"),
+    ([1, 2], "body"),
+])
+def test_bad_specs_are_refused_and_change_nothing(server: LiveServer, body, expect: str) -> None:
+    before = snapshot(server)
+    resp = server.client().post(f"{API}/jobs", json=body)
+    assert resp.status_code == 422
+    assert expect in one_line(resp)
+    assert snapshot(server) == before
+
+
+def test_malformed_json_is_refused(server: LiveServer) -> None:
+    before = snapshot(server)
+    resp = server.client().post(f"{API}/jobs", content=b"name: [", headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and one_line(resp)
+    assert snapshot(server) == before
+
+
+def test_submit_runs_to_success_and_records_every_transition(server: LiveServer) -> None:
+    c = server.client()
+    resp = c.post(f"{API}/jobs", json=spec("ok", f"{sys.executable} {WORKERS / 'torchrun_style.py'}", gpus=2))
+    assert resp.status_code == 201
+    job = resp.json()
+    assert job["state"] == "PENDING" and job["user"] == "admin" and job["gpus"] == 2
+    done = wait_state(server, job["id"], {"SUCCEEDED", "FAILED"})
+    assert done["state"] == "SUCCEEDED" and done["exit_code"] == 0 and done["queue_time"] >= 0
+    events = c.get(f"{API}/jobs/{job['id']}/events").json()["events"]
+    assert [(e["src"], e["dst"]) for e in events] == [("", "PENDING"), ("PENDING", "RUNNING"),
+                                                     ("RUNNING", "SUCCEEDED")]
+    assert "local:0,local:1" in events[1]["cause"]
+    log = c.get(f"{API}/jobs/{job['id']}/logs").text
+    assert "[rank 0]" in log and "[rank 1]" in log
+    assert "[rank" not in c.get(f"{API}/jobs/{job['id']}/logs", params={"rank": 1}).text
+
+
+# -- list, get, events ---------------------------------------------------------------
+
+
+def test_list_filters_by_state_and_user(server: LiveServer) -> None:
+    admin = server.client()
+    bob = server.client(server.user("bob"))
+    running = admin.post(f"{API}/jobs", json=spec("long", sleeper(), gpus=2)).json()
+    wait_state(server, running["id"], {"RUNNING"})
+    waiting = bob.post(f"{API}/jobs", json=spec("waits", sleeper(), gpus=2)).json()
+    jobs = admin.get(f"{API}/jobs").json()["jobs"]
+    assert [j["id"] for j in jobs] == [waiting["id"], running["id"]]  # newest first
+    assert [j["name"] for j in admin.get(f"{API}/jobs", params={"state": "RUNNING"}).json()["jobs"]] == ["long"]
+    both = admin.get(f"{API}/jobs", params=[("state", "RUNNING"), ("state", "PENDING")]).json()["jobs"]
+    assert len(both) == 2
+    assert [j["name"] for j in admin.get(f"{API}/jobs", params={"user": "bob"}).json()["jobs"]] == ["waits"]
+    pending = admin.get(f"{API}/jobs/{waiting['id']}").json()
+    assert pending["state"] == "PENDING" and pending["reason"] == "Resources"  # squeue's reason column
+    assert len(admin.get(f"{API}/jobs", params={"limit": 1}).json()["jobs"]) == 1
+    for bad in ({"state": "NOPE"}, {"limit": 0}, {"limit": -5}, {"limit": 10**9}):
+        assert admin.get(f"{API}/jobs", params=bad).status_code == 422
+    cluster = admin.get(f"{API}/cluster").json()
+    assert cluster["total"] == 2 and cluster["used"] == 2 and cluster["pending"] == 1
+    assert {d["job_name"] for d in cluster["devices"]} == {"long"}
+
+
+@pytest.mark.parametrize("path", ["/jobs/999", "/jobs/999/events", "/jobs/999/metrics", "/jobs/999/logs",
+                                  "/jobs/0", "/jobs/-3", "/jobs/99999999999999999999"])
+def test_unknown_job_ids(server: LiveServer, path: str) -> None:
+    resp = server.client().get(API + path)
+    assert resp.status_code in (404, 422)
+    assert one_line(resp)
+
+
+def test_unknown_job_cancel_changes_nothing(server: LiveServer) -> None:
+    before = snapshot(server)
+    resp = server.client().post(f"{API}/jobs/42/cancel")
+    assert resp.status_code == 404 and one_line(resp) == "no job with id 42"
+    assert snapshot(server) == before
+
+
+# -- cancel and ownership ---------------------------------------------------------------
+
+
+def test_cancel_running_job_stops_every_rank_and_owner_rules(server: LiveServer) -> None:
+    alice = server.client(server.user("alice"))
+    bob = server.client(server.user("bob"))
+    job = alice.post(f"{API}/jobs", json=spec("s", sleeper(), gpus=2)).json()
+    wait_state(server, job["id"], {"RUNNING"})
+    before = snapshot(server)
+    for path in (f"/jobs/{job['id']}/cancel", f"/jobs/{job['id']}/logs"):
+        resp = bob.post(API + path) if path.endswith("cancel") else bob.get(API + path)
+        assert resp.status_code == 403 and "belongs to alice" in one_line(resp)
+    assert snapshot(server) == before
+    assert bob.get(f"{API}/jobs/{job['id']}").status_code == 200  # anyone may look, like squeue
+    pids = server.service.executor.runs[job["id"]].pid
+    assert alice.post(f"{API}/jobs/{job['id']}/cancel").status_code == 200
+    done = wait_state(server, job["id"], {"CANCELLED", "FAILED", "SUCCEEDED"}, timeout=60)
+    assert done["state"] == "CANCELLED"
+    import psutil
+
+    assert not psutil.pid_exists(pids) or psutil.Process(pids).status() == psutil.STATUS_ZOMBIE
+    resp = alice.post(f"{API}/jobs/{job['id']}/cancel")
+    assert resp.status_code == 409 and "already ended" in one_line(resp)
+
+
+def test_admin_cancels_a_waiting_job_at_once(server: LiveServer) -> None:
+    bob = server.client(server.user("bob"))
+    blocker = bob.post(f"{API}/jobs", json=spec("b", sleeper(), gpus=2)).json()
+    wait_state(server, blocker["id"], {"RUNNING"})
+    waiting = bob.post(f"{API}/jobs", json=spec("w", sleeper(), gpus=1)).json()
+    resp = server.client().post(f"{API}/jobs/{waiting['id']}/cancel")
+    assert resp.json()["state"] == "CANCELLED"
+    server.client().post(f"{API}/jobs/{blocker['id']}/cancel")
+    wait_state(server, blocker["id"], {"CANCELLED"})
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+def test_follow_logs_drops_no_lines(server: LiveServer) -> None:
+    c = server.client()
+    n = 400
+    job = c.post(f"{API}/jobs", json=spec("printer", f"{sys.executable} {WORKERS / 'printer.py'} {n}")).json()
+    wait_state(server, job["id"], {"RUNNING", "SUCCEEDED"})
+    with c.stream("GET", f"{API}/jobs/{job['id']}/logs", params={"follow": True, "rank": 0}) as resp:
+        text = "".join(resp.iter_text())
+    assert [ln for ln in text.splitlines() if ln.startswith("line")] == [f"line {i}" for i in range(n)]
+    # Offsets: reading from where the last read ended gives the rest, nothing twice.
+    first = c.get(f"{API}/jobs/{job['id']}/logs", params={"rank": 0, "offset": 0})
+    off = int(first.headers["x-corral-offset"])
+    assert c.get(f"{API}/jobs/{job['id']}/logs", params={"rank": 0, "offset": off}).text == ""
+    for bad in ({"rank": -1}, {"offset": -1}, {"rank": 10**6}):
+        assert c.get(f"{API}/jobs/{job['id']}/logs", params=bad).status_code == 422
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_report_with_job_token_or_owner(server: LiveServer) -> None:
+    alice_token = server.user("alice")
+    alice = server.client(alice_token)
+    job = alice.post(f"{API}/jobs", json=spec("m", sleeper())).json()
+    body = {"records": [{"step": 1, "values": {"loss": 2.0}}, {"step": 2, "values": {"loss": 1.5, "progress": 0.5}}]}
+    assert alice.post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 204
+    got = alice.get(f"{API}/jobs/{job['id']}/metrics").json()["metrics"]
+    assert [(m["step"], m["values"]["loss"]) for m in got] == [(1, 2.0), (2, 1.5)]
+    assert alice.get(f"{API}/jobs/{job['id']}").json()["progress"] == 0.5
+    before = snapshot(server)
+    bob = server.client(server.user("bob"))
+    assert bob.post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 403
+    assert server.client("nope").post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 401
+    for bad in ({"records": []}, {"records": [{"step": -1, "values": {}}]}, {"records": [{"step": 1, "values": {"a": "x"}}]},
+                {}):
+        assert alice.post(f"{API}/jobs/{job['id']}/metrics", json=bad).status_code == 422
+    assert alice.post(f"{API}/jobs/777/metrics", json=body).status_code == 404
+    after = snapshot(server)
+    assert [x for x in after if x[0] != "users"] == [x for x in before if x[0] != "users"]
+    alice.post(f"{API}/jobs/{job['id']}/cancel")
+
+
+def test_prometheus_metrics(server: LiveServer) -> None:
+    c = server.client()
+    c.post(f"{API}/jobs", json=spec("a", sleeper(), gpus=2))
+    c.post(f"{API}/jobs", json=spec("b", sleeper(), gpus=2))
+    deadline = time.monotonic() + 30
+    while 'corral_devices_used 2.0' not in (text := server.client("").get("/metrics").text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+    assert 'corral_jobs{state="RUNNING"} 1.0' in text and 'corral_jobs{state="PENDING"} 1.0' in text
+    assert "corral_devices_total 2.0" in text
+    for job in c.get(f"{API}/jobs").json()["jobs"]:
+        c.post(f"{API}/jobs/{job['id']}/cancel")
+
+
+# -- load ------------------------------------------------------------------------------------------
+
+
+def test_200_concurrent_submissions_make_exactly_200_jobs(server: LiveServer) -> None:
+    server.service.stop()  # only the store is under test: no runs
+    token = server.token
+    errors: list[str] = []
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def submit(k: int) -> None:
+        with server.client(token) as c:
+            for i in range(10):
+                r = c.post(f"{API}/jobs", json=spec(f"t{k}-{i}", "python -c pass"))
+                with lock:
+                    (ids.append(r.json()["id"]) if r.status_code == 201 else errors.append(r.text))
+
+    threads = [threading.Thread(target=submit, args=(k,)) for k in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(ids) == len(set(ids)) == 200
+    jobs = server.service.store.list_jobs(limit=10_000)
+    assert len(jobs) == 200 and {j.name for j in jobs} == {f"t{k}-{i}" for k in range(20) for i in range(10)}
