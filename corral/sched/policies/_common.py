@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import ClassVar
 
+from corral.errors import UserError
 from corral.sched.placement import BasePlacer, get_placer
 from corral.sched.types import (
     REASON_PRIORITY,
@@ -116,6 +117,83 @@ def fill_in_order(
         reasons[job.id] = REASON_PRIORITY if blocked and k <= capacity else REASON_RESOURCES
         blocked = blocked or blocking
     return capacity
+
+
+def elastic_options(policy: str, elastic: object, min_growth: object) -> tuple[bool, int]:
+    """The `elastic` and `min_growth` options of `policy`, checked; UserError names a bad one."""
+    if not isinstance(elastic, bool):
+        raise UserError(f"{policy} elastic must be true or false, got {elastic!r}")
+    if isinstance(min_growth, bool) or not isinstance(min_growth, int) or min_growth < 1:
+        raise UserError(f"{policy} min_growth must be an integer >= 1, got {min_growth!r}")
+    return elastic, min_growth
+
+
+def lend_borrowed(jobs: Mapping[str, JobView], counts: Counts, total: int) -> Counts:
+    """Count each running, preemptible elastic job in `counts` at its request; returns job id -> devices it holds.
+
+    The devices such a job holds above its request are borrowed: once it is
+    counted at its request they are free to any waiting job, before anyone is
+    preempted. Non-preemptible jobs keep every device (a resize is a restart).
+    """
+    held: Counts = dict(counts)
+    for job_id, k in counts.items():
+        job = jobs[job_id]
+        if job.preemptible and job.min_gpus < job.max_gpus:
+            request = rigid_count(job, total)
+            if k > request:
+                counts[job_id] = request
+    return held
+
+
+def give_back(order: Iterable[JobView], counts: Counts, held: Mapping[str, int], free: int) -> int:
+    """Return borrowed devices no waiting job took to the jobs that held them, in `order`; returns the devices left."""
+    for job in order:
+        if free <= 0:
+            break
+        k = counts.get(job.id)
+        short = held.get(job.id, 0) - k if k is not None else 0
+        if short > 0:
+            back = min(short, free)
+            counts[job.id] = k + back  # all of it back: the same count, so it stays in place
+            free -= back
+    return free
+
+
+def grow_elastic(
+    order: Iterable[JobView],
+    counts: Counts,
+    held: Mapping[str, int],
+    free: int,
+    reasons: Mapping[str, str],
+    *,
+    total: int,
+    min_growth: int = 1,
+) -> int:
+    """Give devices nobody waits for to elastic jobs in `order`, up to max_gpus; returns the devices left.
+
+    Nothing grows while a job waits for Resources: it should get them next
+    round rather than see an elastic job grab them (and give them back). A job
+    that would otherwise keep running as it is pays a restart to grow, so it
+    grows only by at least `min_growth` devices; a job that starts or is
+    resized this round anyway takes any spare device.
+    """
+    if free <= 0 or REASON_RESOURCES in reasons.values():
+        return free
+    for job in order:
+        k = counts.get(job.id)
+        if k is None or job.min_gpus >= job.max_gpus:
+            continue
+        running = job.id in held
+        if running and not job.preemptible:
+            continue  # it keeps exactly its devices
+        extra = min(min(job.max_gpus, total) - k, free)
+        if extra <= 0 or (running and k == held[job.id] and extra < min_growth):
+            continue
+        counts[job.id] = k + extra
+        free -= extra
+        if free <= 0:
+            break
+    return free
 
 
 def running_first(job: JobView) -> int:
