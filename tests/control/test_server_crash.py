@@ -1,0 +1,113 @@
+"""SIGKILL `corral server` while jobs run, start it again: every job ends right, none lost, none run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from corral.control.server import free_port
+from tests.conftest import ROOT, WORKERS, corral_cmd
+
+pytestmark = pytest.mark.slow
+API = "/api/v1"
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", CORRAL_HOME=str(home))
+    log = open(home / f"server-{time.time_ns()}.log", "wb")
+    proc = subprocess.Popen(corral_cmd("server", "--home", str(home), "--port", str(port), "--devices", "3",
+                                       "--round", "0.5", "--grace", "15"),
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{API}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (home / "server.log").read_text() if (home / "server.log").exists() else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_server_sigkill_and_restart(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    server = start_server(home, port)
+    token = (home / "admin-token").read_text().strip()
+    c = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    py = sys.executable
+
+    def submit(name: str, cmd: str, gpus: int = 1) -> int:
+        body = {"name": name, "entrypoint": cmd, "workdir": str(ROOT), "resources": {"gpus": gpus},
+                "env": {"OMP_NUM_THREADS": "1"}}
+        resp = c.post(f"{API}/jobs", json=body)
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    trainer = f"{py} {WORKERS / 'trainer.py'} --epochs 2 --n 96 --batch-size 4 --sleep 0.08 --checkpoint-every 3"
+    survives = submit("survives", f"{py} {WORKERS / 'printer.py'} 3000")  # ~10 s, outlives the crash
+    lost = submit("lost", f"{trainer} --out {tmp_path / 'lost'}")  # its run is killed while the server is down
+    waits = submit("waits", f"{trainer} --out {tmp_path / 'waits'}", gpus=2)  # pending at the crash
+
+    def state(job_id: int) -> dict:
+        return c.get(f"{API}/jobs/{job_id}").json()
+
+    deadline = time.monotonic() + 60
+    while not (state(survives)["state"] == state(lost)["state"] == "RUNNING"
+               and (tmp_path / "lost" / "samples-0-0.jsonl").exists()
+               and len((tmp_path / "lost" / "samples-0-0.jsonl").read_text().splitlines()) >= 5):
+        assert time.monotonic() < deadline, [state(j) for j in (survives, lost, waits)]
+        time.sleep(0.1)
+    assert state(waits)["state"] == "PENDING"
+    lost_run = _run_tree(lost)
+
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    # While the service is down: one run ends on its own later, one is killed outright.
+    for proc in lost_run:
+        proc.kill()
+    time.sleep(1)
+
+    server = start_server(home, port)
+    try:
+        deadline = time.monotonic() + 240
+        while any(state(j)["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED") for j in (survives, lost, waits)):
+            assert time.monotonic() < deadline, [state(j) for j in (survives, lost, waits)]
+            time.sleep(0.5)
+        s, lo, w = state(survives), state(lost), state(waits)
+        assert (s["state"], lo["state"], w["state"]) == ("SUCCEEDED", "SUCCEEDED", "SUCCEEDED")
+        # The surviving run was adopted, not started again: one attempt, each line once.
+        assert s["attempt"] == 1
+        lines = (home / "jobs" / str(survives) / "logs" / "rank-0.log").read_text().splitlines()
+        assert lines == [f"line {i}" for i in range(3000)]
+        # The killed run was requeued and resumed from its checkpoint.
+        assert lo["attempt"] == 2 and lo["restarts"] == 0
+        causes = [e["cause"] for e in c.get(f"{API}/jobs/{lost}/events").json()["events"]]
+        assert any("run lost" in cause for cause in causes)
+        final = json.loads((tmp_path / "lost" / "trace-0-0.json").read_text())
+        assert final["resumed_from"] and final["resumed_from"] > 0
+        assert w["attempt"] == 1
+        assert len(c.get(f"{API}/jobs").json()["jobs"]) == 3  # none lost, none duplicated
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _run_tree(job_id: int) -> list[psutil.Process]:
+    """Every process of the run of `job_id`: runner, launcher, workers (as a crashed machine would lose them)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "corral.control.runner" in cmd and any(f"/jobs/{job_id}/attempt-" in a for a in cmd):
+            return [proc, *proc.children(recursive=True)]
+    raise AssertionError(f"no run of job {job_id}")
