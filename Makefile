@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/corral run --nproc 2 examples/digits.py
+	$(BIN)/corral demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

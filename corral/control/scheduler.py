@@ -117,7 +117,13 @@ class Scheduler:
             cluster = self.executor.cluster()
             busy = [j for j in active if j.reason in STOPPING]
             schedulable = [j for j in active if j not in busy]
-            decision = self.policy.schedule(now, [self._view(j) for j in schedulable], cluster)
+            # A job being preempted or resized will wait again: the policy sees it
+            # waiting, so it does not hand the devices it frees to elastic growth
+            # while someone is about to queue for them. Its own allocation this
+            # round is ignored (it still holds its devices until it exits).
+            returning = [j for j in busy if j.reason in (PREEMPTING, RESIZING)]
+            views = [self._view(j) for j in schedulable] + [self._view(j, waiting=True) for j in returning]
+            decision = self.policy.schedule(now, views, cluster)
             self._apply(s, schedulable, busy, decision.allocations, decision.reasons, cluster, now)
         self._last_round = now
 
@@ -136,14 +142,15 @@ class Scheduler:
         job.run_time += dt
         job.attained_service += dt * _alloc(job).num_devices
 
-    def _view(self, job: Job) -> JobView:
+    def _view(self, job: Job, *, waiting: bool = False) -> JobView:
         spec = job.spec or {}
+        holds = JobState(job.state).holds_devices and not waiting
         return JobView(
             id=str(job.id), user=job.user, priority=job.priority, submit_time=job.submit_time,
             min_gpus=job.min_gpus, max_gpus=job.max_gpus, gpus=job.gpus,
             attained_service=job.attained_service, progress=job.progress,
             duration_estimate=spec.get("duration_estimate"),
-            allocation=_alloc(job) if JobState(job.state).holds_devices else Allocation(),
+            allocation=_alloc(job) if holds else Allocation(),
             run_time=job.run_time, restarts=job.restarts + job.preemptions,
             preemptible=bool(spec.get("preemptible", True)),
         )
