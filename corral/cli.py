@@ -17,14 +17,23 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
+    global _registered
+    if _registered:  # main() may run many times in one process (tests)
+        return
+    _registered = True
     # Each package owns its commands; importing these modules must stay cheap
     # (heavy imports such as torch or matplotlib happen inside the commands).
+    from corral.control import commands as control_commands
     from corral.runtime import commands as runtime_commands
     from corral.sim import cli as sim_cli
 
     runtime_commands.register(app)
     sim_cli.register(app)
+    control_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

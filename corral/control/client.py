@@ -1,0 +1,219 @@
+"""A typed HTTP client of the corral API: one method per route, every failure a one-line UserError."""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral.errors import UserError
+
+DEFAULT_SERVER = "http://127.0.0.1:8765"
+API = "/api/v1"
+TIMEOUT = 30.0
+FOLLOW_RETRIES = 5  # reconnects of a followed log after the connection drops
+
+
+def client_home() -> Path:
+    """CORRAL_HOME, else ~/.corral (not created: the client only reads it)."""
+    return Path(os.environ.get("CORRAL_HOME") or Path.home() / ".corral")
+
+
+def resolve_server(server: str | None = None) -> str:
+    """--server, else CORRAL_SERVER, else the default local address."""
+    url = (server or os.environ.get("CORRAL_SERVER") or DEFAULT_SERVER).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        url = "http://" + url
+    return url
+
+
+def resolve_token(token: str | None = None) -> str:
+    """--token, else CORRAL_TOKEN, else the file $CORRAL_HOME/token; UserError naming the three when none is set."""
+    if token:
+        return token.strip()
+    if os.environ.get("CORRAL_TOKEN", "").strip():
+        return os.environ["CORRAL_TOKEN"].strip()
+    path = client_home() / "token"
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    if not text:
+        raise UserError(f"no token: pass --token TOKEN, set CORRAL_TOKEN, or write it to {path} "
+                        "(an admin creates one with `corral token create NAME`)")
+    return text
+
+
+class Client:
+    """The corral API over HTTP with a bearer token."""
+
+    def __init__(self, server: str, token: str, *, timeout: float = TIMEOUT) -> None:
+        self.server = server.rstrip("/")
+        # Plain http needs no TLS context (loading the CA bundle costs tens of milliseconds).
+        self._http = httpx.Client(base_url=self.server + API, headers={"Authorization": f"Bearer {token}"},
+                                  timeout=timeout, verify=self.server.startswith("https://"))
+
+    @classmethod
+    def from_options(cls, server: str | None = None, token: str | None = None) -> Client:
+        """A client for --server/--token, falling back to the environment and $CORRAL_HOME/token."""
+        return cls(resolve_server(server), resolve_token(token))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _unreachable(self) -> UserError:
+        return UserError(f"cannot reach the corral server at {self.server}: start it with `corral server` "
+                         "or set --server/CORRAL_SERVER")
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError:
+            raise self._unreachable() from None
+        _raise_for_status(resp, self.server)
+        return resp
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self._request(method, path, **kwargs)
+        try:
+            return resp.json()
+        except ValueError:
+            raise UserError(f"the server at {self.server} answered {path} with something that is not JSON; "
+                            "is it a corral server?") from None
+
+    # -- routes ----------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """GET /health: status and version (no token needed)."""
+        return dict(self._json("GET", "/health"))
+
+    def whoami(self) -> dict[str, Any]:
+        """The caller's name and whether they are an admin."""
+        return dict(self._json("GET", "/whoami"))
+
+    def create_user(self, name: str, admin: bool = False) -> dict[str, Any]:
+        """Create a user (or re-key one); returns {name, token, admin}. Admins only."""
+        return dict(self._json("POST", "/users", json={"name": name, "admin": admin}))
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Queue a job from a spec mapping; returns the job."""
+        return dict(self._json("POST", "/jobs", json=spec))
+
+    def jobs(self, states: Sequence[str] | None = None, user: str | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        """Jobs, newest first, filtered by state and user."""
+        params: list[tuple[str, str | int]] = [("state", s) for s in states or ()]
+        if user:
+            params.append(("user", user))
+        if limit is not None:
+            params.append(("limit", limit))
+        return list(self._json("GET", "/jobs", params=params)["jobs"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """One job."""
+        return dict(self._json("GET", f"/jobs/{job_id}"))
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """Cancel a job; returns it as it is now."""
+        return dict(self._json("POST", f"/jobs/{job_id}/cancel"))
+
+    def events(self, job_id: int) -> list[dict[str, Any]]:
+        """A job's state transitions, oldest first."""
+        return list(self._json("GET", f"/jobs/{job_id}/events")["events"])
+
+    def metrics(self, job_id: int) -> list[dict[str, Any]]:
+        """Metrics a job reported, oldest first."""
+        return list(self._json("GET", f"/jobs/{job_id}/metrics")["metrics"])
+
+    def cluster(self) -> dict[str, Any]:
+        """Devices, the job on each, the policy and queue sizes."""
+        return dict(self._json("GET", "/cluster"))
+
+    def logs(self, job_id: int, rank: int | None = None, offset: int = 0) -> tuple[str, int]:
+        """Log text from byte `offset` (up to what the server sends at once) and the offset after it."""
+        params: dict[str, int] = {"offset": offset}
+        if rank is not None:
+            params["rank"] = rank
+        resp = self._request("GET", f"/jobs/{job_id}/logs", params=params)
+        end = int(resp.headers.get("X-Corral-Offset", offset + len(resp.content)))
+        return resp.content.decode(errors="replace"), end
+
+    def all_logs(self, job_id: int, rank: int | None = None) -> Iterator[str]:
+        """The whole log as it is now, in the pieces the server sends."""
+        offset = 0
+        while True:
+            text, end = self.logs(job_id, rank, offset)
+            if end <= offset:
+                return
+            yield text
+            offset = end
+
+    def follow_logs(self, job_id: int, rank: int | None = None) -> Iterator[str]:
+        """Log text as it is written, until the job ends; reconnects from the last byte if the stream drops."""
+        params: dict[str, Any] = {"follow": "true"}
+        if rank is not None:
+            params["rank"] = rank
+        offset, retries = 0, 0
+        # A quiet job sends nothing for a long time: no read timeout on the stream.
+        timeout = httpx.Timeout(TIMEOUT, read=None)
+        while True:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            try:
+                with self._http.stream("GET", f"/jobs/{job_id}/logs", params={**params, "offset": offset},
+                                       timeout=timeout) as resp:
+                    if resp.is_error:
+                        resp.read()
+                        _raise_for_status(resp, self.server)
+                    for chunk in resp.iter_bytes():
+                        offset += len(chunk)
+                        retries = 0
+                        text = decoder.decode(chunk)
+                        if text:
+                            yield text
+                    tail = decoder.decode(b"", final=True)
+                    if tail:
+                        yield tail
+                    return
+            except httpx.ConnectError:
+                raise self._unreachable() from None
+            except httpx.TransportError:
+                # The server streams whole lines, so resuming at `offset` repeats and loses nothing.
+                retries += 1
+                if retries > FOLLOW_RETRIES:
+                    raise UserError(f"lost the log stream of job {job_id} from {self.server}; "
+                                    f"run `corral logs {job_id}` again") from None
+
+
+def _raise_for_status(resp: httpx.Response, server: str) -> None:
+    """A 4xx/5xx answer as a UserError carrying the server's one-line detail."""
+    if not resp.is_error:
+        return
+    detail = ""
+    try:
+        body = resp.json()
+        if isinstance(body, dict):
+            detail = body.get("detail", "")
+            if not isinstance(detail, str):  # a validation error list from a non-corral route
+                detail = str(detail)
+    except ValueError:
+        detail = resp.text.strip().splitlines()[0] if resp.text.strip() else ""
+    detail = " ".join(detail.split()) or f"HTTP {resp.status_code} {resp.reason_phrase}"
+    if resp.status_code == 401 and detail == "invalid token":
+        detail = (f"invalid token for {server}: check --token, CORRAL_TOKEN or "
+                  f"{client_home() / 'token'}")
+    elif resp.status_code >= 500:
+        detail = f"the corral server at {server} failed ({resp.status_code}): {detail}"
+    raise UserError(detail)

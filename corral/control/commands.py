@@ -1,0 +1,519 @@
+"""CLI commands of the service: server, token, submit, jobs, describe, logs, cancel, cluster, demo.
+
+Registered on the main app by corral.cli. Importing this module stays cheap:
+httpx, rich, the server (FastAPI, uvicorn) and the service are imported
+inside the commands, so `corral --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from corral.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from corral.control.client import Client
+
+MAX_ID = 2**62 - 1
+MAX_DEVICES = 4096
+MAX_RANK = 4096
+MAX_LIMIT = 10_000
+RECENT = 3600.0  # seconds: `corral jobs` shows jobs that ended this recently
+POLL = 1.0  # seconds between polls of `submit --wait`
+STATES = ("PENDING", "RUNNING", "PREEMPTED", "RESTARTING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+ACTIVE = tuple(s for s in STATES if s not in TERMINAL)
+STATE_STYLE = {"PENDING": "yellow", "RUNNING": "green", "PREEMPTED": "magenta", "RESTARTING": "cyan",
+               "SUCCEEDED": "bold blue", "FAILED": "bold red", "CANCELLED": "dim"}
+JOB_COLOURS = ("blue", "green", "magenta", "cyan", "yellow", "red", "bright_blue", "bright_green",
+               "bright_magenta", "bright_cyan", "dark_orange", "purple", "spring_green3", "deep_pink3")
+
+ServerOpt = Annotated[Optional[str], typer.Option(
+    "--server", help="URL of the corral server (default: CORRAL_SERVER, else http://127.0.0.1:8765).",
+    show_default=False)]
+TokenOpt = Annotated[Optional[str], typer.Option(
+    "--token", help="API token (default: CORRAL_TOKEN, else the file $CORRAL_HOME/token).", show_default=False)]
+JobIdArg = Annotated[str, typer.Argument(help="Job id (as `corral jobs` shows it).", metavar="ID",
+                                         show_default=False)]
+# ID arguments take "-3" as a value (then refused with a clear line) instead of an unknown option.
+ID_COMMAND = {"ignore_unknown_options": True}
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _int_in(option: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise UserError(f"{option} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _seconds(option: str, value: float, *, positive: bool) -> float:
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise UserError(f"{option} must be a number of seconds {'> 0' if positive else '>= 0'}, got {value}")
+    return value
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_ID:
+        raise UserError(f"job id must be a positive integer, got {text!r}")
+    return value
+
+
+def _client(server: str | None, token: str | None) -> Client:
+    from corral.control.client import Client
+
+    return Client.from_options(server, token)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # Piped output keeps whole rows (rich would wrap to 80 columns).
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        return Console(width=200, highlight=False)
+    return Console(highlight=False)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 2 * 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _clock(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _state(job: dict[str, Any]) -> str:
+    return f"[{STATE_STYLE.get(job['state'], '')}]{job['state']}[/]"
+
+
+def _wanted(job: dict[str, Any]) -> str:
+    return str(job["gpus"]) if job["min_gpus"] == job["max_gpus"] else f"{job['min_gpus']}-{job['max_gpus']}"
+
+
+def _devices(job: dict[str, Any]) -> str:
+    """Held/wanted for a live job; what it asked for once it ended."""
+    if job["state"] in TERMINAL:
+        return _wanted(job)
+    return f"{len(job['devices'])}/{_wanted(job)}"
+
+
+def _progress(job: dict[str, Any]) -> str:
+    if job.get("progress") is not None:
+        return f"step {job['step']} ({100 * job['progress']:.0f}%)"
+    return f"step {job['step']}" if job["step"] else "-"
+
+
+def _esc(text: Any) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
+# -- server and users ------------------------------------------------------------------
+
+
+def server_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    db: Annotated[Optional[str], typer.Option(
+        help="SQLAlchemy database URL (default: CORRAL_DB, else SQLite at HOME/corral.db).",
+        show_default=False)] = None,
+    devices: Annotated[Optional[int], typer.Option(
+        help="Device slots to hand out (default: the CUDA devices, else one per two CPU cores).",
+        show_default=False)] = None,
+    policy: Annotated[str, typer.Option(help="Scheduling policy: fifo, fifo-backfill, priority, srtf, "
+                                             "tiresias, themis, pollux.")] = "priority",
+    placer: Annotated[str, typer.Option(help="Placement: pack, spread or random.")] = "pack",
+    round_s: Annotated[float, typer.Option("--round", help="Seconds between periodic scheduling rounds.",
+                                           metavar="SECONDS")] = 5.0,
+    grace: Annotated[float, typer.Option(help="Seconds a stopped job gets to checkpoint before it is killed.",
+                                         metavar="SECONDS")] = 10.0,
+    home: Annotated[Optional[Path], typer.Option(
+        help="Where state, logs and tokens live (default: CORRAL_HOME, else ~/.corral).", show_default=False)] = None,
+) -> None:
+    """Run the corral service: HTTP API, dashboard and scheduler loop, in the foreground."""
+    import logging
+
+    from corral.control.client import client_home
+    from corral.sched import policies
+
+    # Everything a user can get wrong is checked before anything starts.
+    _int_in("--port", port, 1, 65535)
+    if devices is not None:
+        _int_in("--devices", devices, 1, MAX_DEVICES)
+    _seconds("--round", round_s, positive=True)
+    _seconds("--grace", grace, positive=False)
+    policies.get(policy, placer=placer)
+
+    from corral.control.server import check_port, serve
+    from corral.control.service import Service, ServiceConfig
+
+    check_port(host, port)
+    home_dir = (home or client_home()).expanduser().resolve()
+    had_token = (home_dir / "token").exists()
+    service = Service(ServiceConfig(home=home_dir, db=db, devices=devices, policy=policy, placer=placer,
+                                    round_seconds=round_s, grace=grace))
+    written = service.ensure_admin()
+    if written is not None:
+        also = "" if had_token else f" (also {home_dir / 'token'})"
+        print(f"admin token written to {written}{also}", flush=True)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    url = f"http://{shown}:{port}"
+    print(f"corral server: {service.total_devices()} devices, policy {policy}, home {home_dir}", flush=True)
+    print(f"dashboard: {url}/   API docs: {url}/docs", flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(service, host, port)
+
+
+def token_create(
+    user: Annotated[str, typer.Argument(help="Name of the user to create (or give a new token).",
+                                        show_default=False)],
+    admin: Annotated[bool, typer.Option("--admin", help="Make the user an admin.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create a user's API token (admins only); prints it once."""
+    from corral.control.client import client_home
+
+    with _client(server, token) as client:
+        out = client.create_user(user, admin)
+    kind = "admin" if out["admin"] else "user"
+    print(f"token for {kind} {out['name']} (shown once; keep it secret):")
+    print(out["token"])
+    print(f"use it: export CORRAL_TOKEN={out['token']}  "
+          f"(or pass --token, or save it in {client_home() / 'token'})")
+
+
+# -- jobs ----------------------------------------------------------------------------
+
+
+def _resolve_workdir(spec: Any, job_file: Path) -> str:
+    """The spec's workdir made absolute: relative to the job file's folder; none means the current folder."""
+    if spec.workdir is None:
+        return str(Path.cwd())
+    workdir = Path(spec.workdir).expanduser()
+    if not workdir.is_absolute():
+        workdir = job_file.resolve().parent / workdir
+    if not workdir.is_dir():
+        raise UserError(f"{job_file}: workdir: folder not found: {workdir}")
+    return str(workdir.resolve())
+
+
+def _check_script(spec: Any, workdir: str, job_file: Path) -> None:
+    """Refuse `python missing.py` before queueing a job that could only fail."""
+    argv = spec.argv()
+    if len(argv) > 1 and Path(argv[0]).name.startswith("python") and argv[1].endswith(".py"):
+        script = Path(workdir) / argv[1]
+        if not script.is_file():
+            raise UserError(f"{job_file}: entrypoint: script not found: {script}")
+
+
+def submit_command(
+    job_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON).", metavar="JOB.yaml",
+                                             show_default=False)],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; exit 0 only if it "
+                                                     "succeeded.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Queue a job from a spec file."""
+    from corral.control.spec import load_spec
+
+    spec = load_spec(job_file)
+    workdir = _resolve_workdir(spec, job_file)
+    _check_script(spec, workdir, job_file)
+    body = spec.model_dump(mode="json", by_alias=False)
+    body["workdir"] = workdir
+    with _client(server, token) as client:
+        job = client.submit(body)
+        print(f"submitted job {job['id']} ({job['name']})", flush=True)
+        if wait:
+            raise typer.Exit(_wait(client, job))
+
+
+def _wait(client: Client, job: dict[str, Any]) -> int:
+    """Follow a job until it ends; 0 if it succeeded, else 1."""
+    console = _console()
+    seen = ""
+    try:
+        with console.status("") as status:
+            while True:
+                if job["state"] != seen:
+                    seen = job["state"]
+                    reason = f" ({_esc(job['reason'])})" if job["reason"] else ""
+                    console.print(f"job {job['id']}: {_state(job)}{reason}")
+                if job["state"] in TERMINAL:
+                    break
+                last = f" | {_esc(job['last_log'][-80:])}" if job.get("last_log") else ""
+                status.update(f"job {job['id']} {_state(job)} {_esc(job['reason'])} "
+                              f"{_progress(job)} {_duration(job['run_time'])} running{last}")
+                time.sleep(POLL)
+                job = client.job(job["id"])
+    except KeyboardInterrupt:
+        console.print(f"stopped waiting; job {job['id']} goes on (see `corral describe {job['id']}`)")
+        raise
+    took = _duration(job["run_time"])
+    code = f", exit code {job['exit_code']}" if job.get("exit_code") not in (None, 0) else ""
+    console.print(f"job {job['id']} ({_esc(job['name'])}) {_state(job)} after {took} of running{code}")
+    return 0 if job["state"] == "SUCCEEDED" else 1
+
+
+def jobs_command(
+    state: Annotated[Optional[list[str]], typer.Option(
+        "--state", "-s", help="Show jobs in this state (repeatable): " + ", ".join(STATES) + ".",
+        show_default=False)] = None,
+    user: Annotated[Optional[str], typer.Option(help="Only this user's jobs.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Every job, also those that ended long ago.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help=f"At most N jobs (1..{MAX_LIMIT}), newest first.",
+                                                 metavar="N", show_default=False)] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List jobs: those waiting or running and those that ended in the last hour (--all: every job)."""
+    states = [s.strip().upper() for s in state or []]
+    for s in states:
+        if s not in STATES:
+            raise UserError(f"unknown state {s!r}; choose from: {', '.join(STATES)}")
+    if limit is not None:
+        _int_in("--limit", limit, 1, MAX_LIMIT)
+    with _client(server, token) as client:
+        if states or all_:
+            jobs = client.jobs(states or None, user, limit)
+        else:
+            # Two queries, so an old waiting job is not crowded out by many recent finished ones.
+            cutoff = time.time() - RECENT
+            ended = [j for j in client.jobs(TERMINAL, user, limit) if (j["end_time"] or 0) >= cutoff]
+            jobs = sorted(client.jobs(ACTIVE, user, limit) + ended, key=lambda j: -j["id"])[:limit]
+    console = _console()
+    if not jobs:
+        hint = "" if states or all_ else " running, waiting or ended in the last hour (--all shows every job)"
+        console.print(f"no jobs{hint}")
+        return
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "NAME", "USER", "STATE", "REASON", "DEVICES", "PRIORITY", "AGE", "PROGRESS"):
+        table.add_column(col, justify="right" if col in ("ID", "PRIORITY", "DEVICES") else "left")
+    for j in jobs:
+        table.add_row(str(j["id"]), _esc(j["name"]), _esc(j["user"]), _state(j), _esc(j["reason"] or "-"),
+                      _devices(j), str(j["priority"]), _duration(now - j["submit_time"]), _progress(j))
+    console.print(table)
+
+
+def describe_command(
+    job_id: JobIdArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job, its events and metrics as JSON.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show one job: spec, allocation, counters, event timeline and latest metrics."""
+    jid = _job_id(job_id)
+    with _client(server, token) as client:
+        job = client.job(jid)
+        events = client.events(jid)
+        metrics = client.metrics(jid)
+    if as_json:
+        import json
+
+        print(json.dumps({**job, "events": events, "metrics": metrics}, indent=2))
+        return
+    _print_job(job, events, metrics)
+
+
+def _print_job(job: dict[str, Any], events: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> None:
+    import yaml
+    from rich.table import Table
+
+    console = _console()
+    reason = f"  ({_esc(job['reason'])})" if job["reason"] else ""
+    console.print(f"[bold]job {job['id']}[/] {_esc(job['name'])}  user {_esc(job['user'])}  {_state(job)}{reason}")
+    spec = {k: v for k, v in job["spec"].items() if v not in (None, {}, [])}
+    console.print("[bold]spec[/]")
+    console.print(_esc(yaml.safe_dump(spec, sort_keys=False).rstrip()), soft_wrap=True)
+    console.print(f"[bold]allocation[/] {', '.join(job['devices']) or 'none'}  "
+                  f"(wants {_wanted(job)}, priority {job['priority']})")
+    counters = Table(box=None, show_header=False, title="counters", title_justify="left", title_style="bold")
+    counters.add_column(style="dim")
+    counters.add_column()
+    for name, value in (
+        ("submitted", _clock(job["submit_time"])), ("started", _clock(job["start_time"])),
+        ("ended", _clock(job["end_time"])), ("queue time", _duration(job["queue_time"])),
+        ("run time", _duration(job["run_time"])),
+        ("device time", f"{job['attained_service']:.0f} device-seconds"),
+        ("attempt", str(job["attempt"])), ("restarts", str(job["restarts"])),
+        ("preemptions", str(job["preemptions"])), ("resizes", str(job["resizes"])),
+        ("exit code", "-" if job["exit_code"] is None else str(job["exit_code"])), ("progress", _progress(job)),
+    ):
+        counters.add_row(name, value)
+    console.print(counters)
+    timeline = Table(box=None, title="events", title_justify="left", title_style="bold", header_style="dim")
+    for col in ("TIME", "TRANSITION", "CAUSE"):
+        timeline.add_column(col)
+    for e in events:
+        timeline.add_row(_clock(e["time"]), f"{e['src'] or '-'} -> {e['dst']}", _esc(e["cause"]))
+    console.print(timeline if events else "[bold]events[/] none")
+    if metrics:
+        last = metrics[-1]
+        values = "  ".join(f"{k}={v:.4g}" for k, v in sorted(last["values"].items()))
+        console.print(f"[bold]metrics[/] step {last['step']} at {_clock(last['time'])}: {_esc(values)}  "
+                      f"({len(metrics)} reports)")
+    else:
+        console.print("[bold]metrics[/] none reported")
+    if job.get("last_log"):
+        console.print(f"[bold]last log[/] {_esc(job['last_log'])}", soft_wrap=True)
+
+
+def logs_command(
+    job_id: JobIdArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing output until the job ends.")] = False,
+    rank: Annotated[Optional[int], typer.Option(help="Only this rank's output (default: every rank, prefixed).",
+                                                metavar="R", show_default=False)] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Print a job's output (owner or admin)."""
+    jid = _job_id(job_id)
+    if rank is not None:
+        _int_in("--rank", rank, 0, MAX_RANK)
+    with _client(server, token) as client:
+        chunks = client.follow_logs(jid, rank) if follow else client.all_logs(jid, rank)
+        wrote = False
+        try:
+            for text in chunks:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                wrote = wrote or bool(text)
+        except BrokenPipeError:  # `corral logs 3 | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        if not wrote:
+            job = client.job(jid)
+            which = f"rank {rank} of job {jid}" if rank is not None else f"job {jid}"
+            print(f"{which} has written no output ({job['state']})", file=sys.stderr)
+
+
+def cancel_command(
+    job_id: JobIdArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a job (owner or admin): a waiting one at once, a running one once its ranks stop."""
+    jid = _job_id(job_id)
+    with _client(server, token) as client:
+        job = client.cancel(jid)
+    console = _console()
+    if job["state"] == "CANCELLED":
+        console.print(f"job {jid} ({_esc(job['name'])}): {_state(job)}")
+    else:
+        console.print(f"job {jid} ({_esc(job['name'])}): {_state(job)}, cancelling; it becomes CANCELLED "
+                      "once its ranks stop")
+
+
+def cluster_command(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show every device and the job on it."""
+    from rich.table import Table
+    from rich.text import Text
+
+    with _client(server, token) as client:
+        info = client.cluster()
+    console = _console()
+    jobs: dict[int, dict[str, Any]] = {}
+    nodes: dict[str, list[dict[str, Any]]] = {}
+    for d in info["devices"]:
+        nodes.setdefault(d["node"], []).append(d)
+        if d["job_id"] is not None:
+            jobs.setdefault(d["job_id"], {"name": d["job_name"], "user": d["user"], "devices": 0})["devices"] += 1
+    colour = {jid: JOB_COLOURS[i % len(JOB_COLOURS)] for i, jid in enumerate(sorted(jobs))}
+    width = max([len(str(j)) for j in jobs] + [len(str(len(info["devices"]) - 1)), 2]) + 2
+    per_line = max(4, (console.width - 16) // (width + 1))
+    grid = Table(box=None, show_header=False, pad_edge=False)
+    grid.add_column(style="bold")
+    grid.add_column()
+    for node, devs in nodes.items():
+        for start in range(0, len(devs), per_line):
+            row = Text()
+            for d in devs[start:start + per_line]:
+                if d["job_id"] is None:
+                    row.append(f"{'free':^{width}}" if width >= 4 else f"{'.':^{width}}", style="dim")
+                else:
+                    row.append(f"{d['job_id']:^{width}}", style=f"bold white on {colour[d['job_id']]}")
+                row.append(" ")
+            label = f"{node} {start}-{start + len(devs[start:start + per_line]) - 1}"
+            grid.add_row(label, row)
+    console.print(grid)
+    if jobs:
+        legend = Table(box=None, header_style="dim")
+        for col in ("JOB", "NAME", "USER", "DEVICES"):
+            legend.add_column(col)
+        for jid in sorted(jobs):
+            j = jobs[jid]
+            legend.add_row(Text(f" {jid} ", style=f"bold white on {colour[jid]}"), _esc(j["name"]),
+                           _esc(j["user"]), str(j["devices"]))
+        console.print(legend)
+    console.print(f"{info['used']}/{info['total']} devices in use, {info['running']} jobs running, "
+                  f"{info['pending']} pending; policy {info['policy']}")
+
+
+def demo_command(
+    devices: Annotated[int, typer.Option(help="Device slots of the demo cluster.")] = 4,
+    report_dir: Annotated[Optional[Path], typer.Option(help="Write the demo report here.",
+                                                       show_default=False)] = None,
+    port: Annotated[int, typer.Option(help="Port of the demo server (0: a free one).")] = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="A shorter demo.")] = False,
+) -> None:
+    """Run a live demo: a server, several jobs contending for devices, and a report."""
+    _int_in("--devices", devices, 1, MAX_DEVICES)
+    _int_in("--port", port, 0, 65535)
+    try:
+        from corral.control.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "corral.control.demo":
+            raise
+        raise UserError("`corral demo` is not available in this installation") from None
+    raise typer.Exit(run_demo(devices=devices, report_dir=report_dir, port=port, quick=quick))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the service's commands to `app` (once: corral.cli.main may run many times in one process)."""
+    if any(c.name == "server" for c in app.registered_commands):
+        return
+    app.command("server")(server_command)
+    token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+    token_app.command("create")(token_create)
+    app.add_typer(token_app, name="token")
+    app.command("submit")(submit_command)
+    app.command("jobs")(jobs_command)
+    app.command("describe", context_settings=ID_COMMAND)(describe_command)
+    app.command("logs", context_settings=ID_COMMAND)(logs_command)
+    app.command("cancel", context_settings=ID_COMMAND)(cancel_command)
+    app.command("cluster")(cluster_command)
+    app.command("demo")(demo_command)
