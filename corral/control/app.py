@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the service imports nothing from here; typing only
 API = "/api/v1"
 MAX_LIMIT = 10_000
 FOLLOW_POLL = 0.2  # seconds between reads of a followed log
+TOKEN_CACHE_S = 5.0
 
 
 # -- response models (they make /docs and /openapi.json useful) ---------------------
@@ -244,12 +245,29 @@ def create_app(service: "Service") -> FastAPI:
     async def _user_error(_: Request, exc: UserError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    # Token -> user, kept a few seconds: every request is authenticated, and a
+    # database read per request halves the submission rate on SQLite. A
+    # re-keyed user's old token therefore works for up to TOKEN_CACHE_S more.
+    cache: dict[str, tuple[float, User]] = {}
+
+    def lookup(token: str) -> User | None:
+        now = time.monotonic()
+        hit = cache.get(token)
+        if hit is not None and now - hit[0] < TOKEN_CACHE_S:
+            return hit[1]
+        user = store.user_for_token(token)
+        if user is not None:
+            if len(cache) > 1000:
+                cache.clear()
+            cache[token] = (now, user)
+        return user
+
     def current_user(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
         if cred is None or not cred.credentials:
             raise HTTPException(401, "missing token: send 'Authorization: Bearer TOKEN' "
                                      "(the CLI reads --token, CORRAL_TOKEN or ~/.corral/token)",
                                 headers={"WWW-Authenticate": "Bearer"})
-        user = store.user_for_token(cred.credentials)
+        user = lookup(cred.credentials)
         if user is None:
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
         return user
@@ -340,7 +358,7 @@ def create_app(service: "Service") -> FastAPI:
             raise HTTPException(401, "missing token", headers={"WWW-Authenticate": "Bearer"})
         job = get_job(job_id)
         if not job.job_token_hash or hash_token(cred.credentials) != job.job_token_hash:
-            user = store.user_for_token(cred.credentials)
+            user = lookup(cred.credentials)
             if user is None:
                 raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
             owned(job, user, "report its metrics")
