@@ -24,6 +24,7 @@ from corral.sched import policies
 log = logging.getLogger("corral.service")
 
 ADMIN = "admin"
+MIN_ROUND_GAP = 0.1  # seconds between the end of one round and the start of the next
 
 
 def corral_home() -> Path:
@@ -145,6 +146,16 @@ class Service:
             # Rounds run on a wake-up (submit, cancel), when a run ended or must
             # be killed, and every round_seconds; the executor check is cheap.
             if woken or self.executor.needs_attention() or now - last >= self.config.round_seconds:
+                # A burst of submissions becomes one round, not one per submit: a
+                # round reads every active job, and back-to-back rounds would
+                # hold the database's write lock against the submitters.
+                # The gap grows with the round's cost so rounds take at most a
+                # third of the service's time under a flood of submissions.
+                gap = last + max(MIN_ROUND_GAP, 2 * self.last_round_seconds) - now
+                if gap > 0 and self._stop.wait(gap):
+                    break
+                self._wake.clear()
+                now = time.monotonic()
                 t0 = time.perf_counter()
                 try:
                     self.scheduler.round(extra_env=self._job_env())
@@ -152,7 +163,7 @@ class Service:
                     log.exception("scheduling round failed")
                 self.last_round_seconds = time.perf_counter() - t0
                 self.rounds += 1
-                last = now
+                last = time.monotonic()
 
     def _job_env(self) -> dict[str, str]:
         return {"CORRAL_SERVER": self.url} if self.url else {}

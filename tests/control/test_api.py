@@ -159,7 +159,10 @@ def test_list_filters_by_state_and_user(server: LiveServer) -> None:
     both = admin.get(f"{API}/jobs", params=[("state", "RUNNING"), ("state", "PENDING")]).json()["jobs"]
     assert len(both) == 2
     assert [j["name"] for j in admin.get(f"{API}/jobs", params={"user": "bob"}).json()["jobs"]] == ["waits"]
-    pending = admin.get(f"{API}/jobs/{waiting['id']}").json()
+    deadline = time.monotonic() + 30
+    while (pending := admin.get(f"{API}/jobs/{waiting['id']}").json())["reason"] == "Scheduling":
+        assert time.monotonic() < deadline  # "Scheduling": no round has looked at it yet
+        time.sleep(0.05)
     assert pending["state"] == "PENDING" and pending["reason"] == "Resources"  # squeue's reason column
     assert len(admin.get(f"{API}/jobs", params={"limit": 1}).json()["jobs"]) == 1
     for bad in ({"state": "NOPE"}, {"limit": 0}, {"limit": -5}, {"limit": 10**9}):
