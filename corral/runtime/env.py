@@ -20,6 +20,10 @@ STRAGGLER = "CORRAL_STRAGGLER"
 PS_SERVERS = "CORRAL_PS_SERVERS"
 PS_WORKERS = "CORRAL_PS_WORKERS"
 PS_SERVER_INDEX = "CORRAL_PS_SERVER_INDEX"
+# Set by the service in every run it starts: where and as whom rank 0 reports metrics.
+SERVER = "CORRAL_SERVER"
+JOB_ID = "CORRAL_JOB_ID"
+JOB_TOKEN = "CORRAL_JOB_TOKEN"
 
 
 def _int(name: str, default: int) -> int:
@@ -60,6 +64,21 @@ def under_launcher() -> bool:
 def checkpoint_dir() -> str | None:
     """Directory the service asks the job to checkpoint into, if any."""
     return os.environ.get(CHECKPOINT_DIR) or None
+
+
+def server() -> str | None:
+    """Base URL of the corral service that started this run (e.g. http://127.0.0.1:8765), if any."""
+    return os.environ.get(SERVER) or None
+
+
+def job_id() -> str | None:
+    """The service's id of this job, if the service started it."""
+    return os.environ.get(JOB_ID) or None
+
+
+def job_token() -> str | None:
+    """The bearer token this run reports its metrics with, if the service started it."""
+    return os.environ.get(JOB_TOKEN) or None
 
 
 def straggler_factor(rank_: int) -> float:

@@ -41,6 +41,7 @@ from corral.runtime.partition import (
     history_from_state,
     history_to_state,
 )
+from corral.runtime.report import Reporter
 from corral.runtime.strategies import STRATEGIES, Strategy, get_strategy
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,6 +49,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # a vote is an all-reduce, too costly on every step of a small model.
 VOTE_PERIOD_S = 0.25
 VOTE_MAX_INTERVAL = 1000
+# Rank 0 reports step time, samples/s and progress to the service about this often
+# (seconds of training, timed locally: no collective).
+REPORT_PERIOD_S = 2.0
 
 
 def _user_error_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
@@ -218,6 +222,7 @@ class Job:
         self._scaler: torch.amp.GradScaler | None = None
         self._stop_requested = False
         self._stop_flag: torch.Tensor | None = None
+        self._ctrl_group: Any = None
         self._stop_work: Any = None
         self._next_vote_step = 0
         self._epochs_total: int | None = None
@@ -241,6 +246,11 @@ class Job:
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         with contextlib.suppress(ValueError):  # not the main thread: no handler, no preemption
             signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Under the service, rank 0 reports metrics from a background thread; otherwise
+        # there is no reporter and the loop pays one `is None` check per optimizer step.
+        self._reporter: Reporter | None = Reporter.from_env() if self.is_main else None
+        self._reset_report_window()
+        self._reported_progress: float | None = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -255,6 +265,11 @@ class Job:
         if dist.is_initialized() or not (env.under_launcher() or self.world_size > 1):
             return
         backend = "nccl" if self.device.type == "cuda" else "gloo"
+        # Its functions take `group=group.WORLD` as a default argument, evaluated on import:
+        # imported after the group exists (torch._dynamo imports it, e.g. when an optimizer
+        # is built), it would hold the group forever and _release_groups() could not end it.
+        with contextlib.suppress(ImportError):
+            import torch.distributed.nn.functional  # noqa: F401
         dist.init_process_group(backend, timeout=dt.timedelta(minutes=10))
         if self.world_size > 1:
             # A second gloo group carries the preemption vote asynchronously,
@@ -319,6 +334,7 @@ class Job:
             _restore_rng(self._payload.get("rng", []), self.rank)
             self._payload = None  # free the memory; everything is restored
         self._straggle_from = time.perf_counter()  # a straggler's first step excludes the set-up
+        self._reset_report_window()  # nor does the first reported step time
         return self._model, optimizer, self._loader
 
     # -- the loop -----------------------------------------------------------
@@ -401,6 +417,8 @@ class Job:
             # Everything yielded so far is now inside the model's weights.
             self._loader.batches_done = self._loader.yielded
         self._straggler_delay()
+        if self._reporter is not None and self._last_boundary >= self._report_due:
+            self._report_throughput()
         if not self.strategy.lockstep:
             return  # asynchronous workers checkpoint and stop together where their loader syncs them
         if self.checkpoint_every and self.step_count % self.checkpoint_every == 0 and self.checkpoint_dir:
@@ -507,6 +525,8 @@ class Job:
         averaged = {k: float(v) for k, v in zip(names, values.tolist())}
         if self.is_main:
             record = {"step": self.step_count, "epoch": self.epoch, "time": time.time(), **averaged}
+            if self._reporter is not None:
+                self._reporter.report(self.step_count, {**averaged, "epoch": self.epoch}, record["time"])
             total = f"/{self._epochs_total}" if self._epochs_total else ""
             _console().print(
                 f"[bold]step {self.step_count}[/] epoch {self.epoch + 1}{total} "
@@ -529,6 +549,69 @@ class Job:
             dist.barrier()
         self._teardown()
 
+    # -- reporting to the service (rank 0 under the service only) ------------
+
+    def _reset_report_window(self) -> None:
+        self._report_from = time.perf_counter()
+        self._report_due = self._report_from + REPORT_PERIOD_S
+        self._report_step = self.step_count
+        self._report_samples = self.stats.samples
+
+    def _report_throughput(self) -> None:
+        """Queue step_time, samples_per_s (all ranks) and progress since the last report."""
+        assert self._reporter is not None
+        values: dict[str, float] = {}
+        steps = self.step_count - self._report_step
+        # Up to the last optimizer step: the final report leaves out what finish() costs.
+        elapsed = self._last_boundary - self._report_from
+        if steps > 0 and elapsed > 0:
+            values["step_time"] = elapsed / steps
+            # Every rank runs the same batches, so rank 0's rate times the world size is the job's.
+            values["samples_per_s"] = (self.stats.samples - self._report_samples) / elapsed
+        progress = self._progress()
+        if progress is not None and progress != self._reported_progress:
+            values["progress"] = self._reported_progress = progress
+        if values:
+            self._reporter.report(self.step_count, values)
+        self._reset_report_window()
+
+    def _progress(self) -> float | None:
+        """Fraction of job.epochs(n) done, within the epoch by the loader's position; None before epochs()."""
+        n = self._epochs_total
+        if n is None:
+            return None
+        if n == 0 or self.epoch >= n:
+            return 1.0
+        within = 0.0
+        loader = self._loader
+        plan = loader._plan if loader is not None else None
+        if plan is not None and plan.epoch == self.epoch and plan.num_batches and plan.n:
+            # The plan covers what earlier segments of this epoch left (after a resume): count both.
+            left = len(plan.pool)
+            within = (plan.n - left + left * min(1.0, loader.batches_done / plan.num_batches)) / plan.n
+        return min(1.0, (self.epoch + within) / n)
+
+    def _release_groups(self) -> None:
+        """Drop our references to the process groups, so that gloo's threads end now, not at exit.
+
+        destroy_process_group() only forgets the groups; a group's threads stop when its
+        last reference goes, and DDP's reducer (in the model the user still holds) keeps
+        one. Left running, a gloo thread may still hold a finished collective's tensors
+        when the interpreter shuts down; dropping them then takes the GIL, which kills the
+        thread and aborts the process after a successful run (SIGABRT, "terminate called
+        without an active exception"; cf. PyTorch PR #179291). Released here, the threads
+        are joined while Python is alive (the group's handle releases the GIL to join them).
+        """
+        self._ctrl_group = None
+        self._stop_flag = None
+        ddp = self._model
+        if isinstance(ddp, nn.parallel.DistributedDataParallel):
+            # The user's model stays usable after finish(): it runs its module, without communication.
+            ddp.forward = ddp.module.__call__
+            ddp.reducer = ddp.logger = None  # the reducer holds the group
+            ddp._comm_hooks = []  # a hook's state may hold it too
+            ddp.process_group = None  # last: dropping the Python handle joins the threads without the GIL
+
     def _wait_vote(self) -> None:
         if self._stop_work is not None:
             with contextlib.suppress(Exception):
@@ -542,8 +625,14 @@ class Job:
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+            self._release_groups()
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if self._reporter is not None:
+            # The last numbers (progress 1.0 at the end), sent within about 2 s or dropped.
+            self._report_throughput()
+            self._reporter.close()
+            self._reporter = None
 
 
 def init(
