@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from corral.control.executor import LocalExecutor  # noqa: E402
 from corral.control.scheduler import Scheduler  # noqa: E402
-from corral.control.server import free_port  # noqa: E402
+from corral.control.server import free_port, wait_until_serving  # noqa: E402
 from corral.control.states import JobState  # noqa: E402
 from corral.control.store import Store  # noqa: E402
 from corral.sched import policies  # noqa: E402
@@ -58,15 +58,9 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
                              "--devices", "4", "--round", "5", "--grace", "2"],
                             env=dict(os.environ, CORRAL_HOME=str(home)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{API}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("corral server did not start")
+    if not wait_until_serving(f"http://127.0.0.1:{port}", proc):
+        raise SystemExit("corral server did not start")
+    return proc
 
 
 def wait_state(c: httpx.Client, job_id: int, states: set[str], poll: float = 0.005) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
 import threading
 import time
 
@@ -33,6 +34,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> bool:
+    """Poll GET /api/v1/health until it answers 200; False once `proc` has exited or `timeout` passed."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 class ServerThread:

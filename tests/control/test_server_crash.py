@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from corral.control.server import free_port
+from corral.control.server import free_port, wait_until_serving
 from tests.conftest import ROOT, WORKERS, corral_cmd
 
 pytestmark = pytest.mark.slow
@@ -27,16 +27,8 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(corral_cmd("server", "--home", str(home), "--port", str(port), "--devices", "3",
                                        "--round", "0.5", "--grace", "15"),
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{API}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (home / "server.log").read_text() if (home / "server.log").exists() else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    assert wait_until_serving(f"http://127.0.0.1:{port}", proc), "corral server did not start"
+    return proc
 
 
 def test_server_sigkill_and_restart(tmp_path: Path) -> None:
