@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.control.executor import LocalExecutor, default_devices
+from corral.control import executors
 from corral.control.scheduler import Scheduler
 from corral.control.spec import JobSpec
 from corral.control.store import Job, Store
@@ -45,6 +45,7 @@ class ServiceConfig:
     placer: str = "pack"
     round_seconds: float = 5.0
     grace: float = 10.0
+    executor: str = "local"  # corral.control.executors.available()
 
 
 class Service:
@@ -62,7 +63,7 @@ class Service:
         home = Path(config.home)
         home.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db or os.environ.get("CORRAL_DB") or f"sqlite:///{home / 'corral.db'}")
-        self.executor = LocalExecutor(config.devices or default_devices(), home)
+        self.executor = executors.create(config.executor, home=home, devices=config.devices)
         self.scheduler = Scheduler(self.store, self.executor, policy, grace=config.grace)
         self.url: str | None = None  # set by the server once it listens; given to jobs for metrics
         self._wake = threading.Event()
@@ -109,12 +110,6 @@ class Service:
         state = self.scheduler.cancel(job_id)
         self.wake()
         return state
-
-    def log_path(self, job_id: int, rank: int | None) -> Path:
-        """The log file of one rank, or the launcher's log (every rank, prefixed) when rank is None."""
-        if rank is None:
-            return self.executor.job_dir(job_id) / "launcher.log"
-        return self.executor.log_dir(job_id) / f"rank-{rank}.log"
 
     # -- the loop --------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from corral.control.states import JobState, can_move
@@ -78,9 +79,20 @@ class Job(Base):
     resizes: Mapped[int] = mapped_column(Integer, default=0)  # elastic jobs restarted at a new size
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # runs started so far
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # launcher process of the current run
+    # The executor's opaque name of the current run (RunHandle.ref); "" when none.
+    run_ref: Mapped[str] = mapped_column(String(256), default="")
+    # What the scheduler has asked the executor to do and not yet seen done, written
+    # (and committed) BEFORE the executor acts, so a restarted service knows:
+    # "" | start | preempt | resize | cancel | timeout. `reason` is display text only.
+    intent: Mapped[str] = mapped_column(String(16), default="")
+    intent_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Run time and attained service are counted up to this time (never twice, even across restarts).
+    accounted_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_log: Mapped[str] = mapped_column(Text, default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
+    # Step times the job reported, by configuration: {"nodes,replicas,local_batch": [mean s, reports]};
+    # the scheduler fits the job's throughput model from them (corral.control.views).
+    observations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Hash of the token the current run uses to report metrics (CORRAL_JOB_TOKEN).
     job_token_hash: Mapped[str] = mapped_column(String(64), default="")
@@ -96,6 +108,8 @@ class Event(Base):
     src: Mapped[str] = mapped_column(String(16), default="")
     dst: Mapped[str] = mapped_column(String(16))
     cause: Mapped[str] = mapped_column(Text, default="")
+    # Structured facts of the transition (e.g. {"allocation": {node: [devices]}}); `cause` is for people.
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Metric(Base):
@@ -106,6 +120,9 @@ class Metric(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     time: Mapped[float] = mapped_column(Float, default=time.time)
     step: Mapped[int] = mapped_column(Integer, default=0)
+    # Step times the job reported, by configuration: {"nodes,replicas,local_batch": [mean s, reports]};
+    # the scheduler fits the job's throughput model from them (corral.control.views).
+    observations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     values: Mapped[dict[str, float]] = mapped_column(JSON)
 
 
@@ -162,15 +179,35 @@ class Store:
 
     def create_user(self, name: str, *, admin: bool = False) -> str:
         """Create (or re-key) user `name`; return their new token, shown once."""
-        token = secrets.token_urlsafe(24)
-        with self.session() as s:
-            user = s.scalar(select(User).where(User.name == name))
-            if user is None:
-                s.add(User(name=name, token_hash=hash_token(token), is_admin=admin))
-            else:
-                user.token_hash = hash_token(token)
-                user.is_admin = user.is_admin or admin
-        return token
+        return self.create_or_rekey_user(name, admin=admin)[0]
+
+    def create_or_rekey_user(self, name: str, *, admin: bool = False) -> tuple[str, bool]:
+        """Create user `name`, or give the existing one a new token (the old one stops working).
+
+        Returns the new token (shown once) and whether the user is an admin *as stored*: a
+        re-key may promote (`admin=True`) but never demotes. Two creations of one new name at
+        once race on the unique name; the loser re-keys the row the winner inserted, exactly as
+        if it had come second, so neither fails (no IntegrityError escapes) and the token
+        returned last is the valid one.
+        """
+        for attempt in range(2):
+            token = secrets.token_urlsafe(24)
+            try:
+                with self.session() as s:
+                    user = s.scalar(select(User).where(User.name == name))
+                    if user is None:
+                        user = User(name=name, token_hash=hash_token(token), is_admin=admin)
+                        s.add(user)
+                    else:
+                        user.token_hash = hash_token(token)
+                        user.is_admin = user.is_admin or admin
+                    s.flush()
+                    is_admin = bool(user.is_admin)
+                return token, is_admin
+            except IntegrityError:
+                if attempt:  # the name exists now, so a second try re-keys it; this is not that race
+                    raise
+        raise AssertionError("unreachable")
 
     def user_for_token(self, token: str) -> User | None:
         """The user whose token this is, or None."""
@@ -193,13 +230,13 @@ class Store:
             priority=int(spec.get("priority", 0)), gpus=int(res.get("gpus") or 1),
             min_gpus=int(res.get("min_gpus") or 1), max_gpus=int(res.get("max_gpus") or 1), allocation={},
             submit_time=now, start_time=None, run_start=None, end_time=None, attained_service=0.0, run_time=0.0,
-            restarts=0, preemptions=0, resizes=0, attempt=0, exit_code=None, pid=None, last_log="", step=0,
-            progress=None, job_token_hash="",
+            restarts=0, preemptions=0, resizes=0, attempt=0, exit_code=None, run_ref="", intent="",
+            intent_time=None, accounted_until=None, observations={}, last_log="", step=0, progress=None, job_token_hash="",
         )
         with self.engine.begin() as conn:
             job_id = conn.execute(insert(Job.__table__).values(**values)).inserted_primary_key[0]
             conn.execute(insert(Event.__table__).values(job_id=job_id, time=now, src="", dst=JobState.PENDING.value,
-                                                        cause="submitted"))
+                                                        cause="submitted", data={}))
         return Job(id=job_id, **values)
 
     def get_job(self, job_id: int) -> Job | None:
@@ -223,7 +260,8 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
 
-    def transition(self, s: Session, job: Job, dst: JobState, cause: str, *, now: float | None = None) -> None:
+    def transition(self, s: Session, job: Job, dst: JobState, cause: str, *, now: float | None = None,
+                   data: dict[str, Any] | None = None) -> None:
         """Move `job` to `dst` inside session `s`, recording the event; refuse an impossible move."""
         src = JobState(job.state)
         if src == dst:
@@ -232,17 +270,11 @@ class Store:
             raise ValueError(f"job {job.id}: {src.value} -> {dst.value} is not a valid transition ({cause})")
         now = time.time() if now is None else now
         job.state = dst.value
-        s.add(Event(job_id=job.id, time=now, src=src.value, dst=dst.value, cause=cause))
+        s.add(Event(job_id=job.id, time=now, src=src.value, dst=dst.value, cause=cause, data=data or {}))
 
     def add_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
         """Record metrics a job reported."""
-        with self.session() as s:
-            s.add(Metric(job_id=job_id, step=step, values=values, time=time.time()))
-            job = s.get(Job, job_id)
-            if job is not None:
-                job.step = max(job.step, step)
-                if "progress" in values:
-                    job.progress = float(values["progress"])
+        self.add_metrics_batch(job_id, [(step, values, None)])
 
     def add_metrics_batch(self, job_id: int, records: Sequence[tuple[int, dict[str, float], float | None]]) -> None:
         """Record several (step, values, time) reports of a job in one transaction."""
@@ -256,11 +288,38 @@ class Store:
                 progress = [r[1]["progress"] for r in records if "progress" in r[1]]
                 if progress:
                     job.progress = float(progress[-1])
+                observed = observe_step_times(job.observations or {}, [r[1] for r in records])
+                if observed is not None:
+                    job.observations = observed
 
     def metrics(self, job_id: int) -> list[Metric]:
         """A job's reported metrics, oldest first."""
         with self.session() as s:
             return list(s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
+
+
+OBSERVATIONS_KEPT = 8  # reports averaged per configuration; later ones leave the fit alone (no refit churn)
+
+
+def observe_step_times(observed: dict[str, Any], reports: Sequence[dict[str, float]]) -> dict[str, Any] | None:
+    """`observed` with the step times of `reports` added by (nodes, replicas, local batch); None if unchanged."""
+    out: dict[str, Any] | None = None
+    for values in reports:
+        try:
+            t = float(values["step_time"])
+            key = f"{int(values.get('nodes', 1))},{int(values['replicas'])},{int(values['local_batch'])}"
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not (t > 0 and t < 1e6):
+            continue
+        cur = (out if out is not None else observed).get(key, [0.0, 0])
+        mean, n = float(cur[0]), int(cur[1])
+        if n >= OBSERVATIONS_KEPT:
+            continue
+        if out is None:
+            out = dict(observed)
+        out[key] = [(mean * n + t) / (n + 1), n + 1]
+    return out
 
 
 def dumps(obj: Any) -> str:

@@ -62,8 +62,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield make
     for t in threads:
         t.stop()
-        for job_id in list(t.service.executor.runs):  # leave no run behind
-            t.service.executor.stop(job_id, 0)
+        for run in list(t.service.executor.runs.values()):  # leave no run behind
+            t.service.executor.stop(run.handle, 0)
         _reap(t.service)
 
 
@@ -71,7 +71,7 @@ def _reap(service: Service) -> None:
     import time
 
     deadline = time.monotonic() + 15
-    while service.executor.runs and time.monotonic() < deadline:
+    while service.executor.running() and time.monotonic() < deadline:
         service.executor.poll()
         time.sleep(0.1)
 

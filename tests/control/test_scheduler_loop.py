@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from corral.control.executor import LocalExecutor
+from corral.control.executors.local import LocalExecutor
 from corral.control.scheduler import Scheduler
 from corral.control.states import JobState
 from corral.control.store import Store
@@ -80,11 +80,14 @@ def test_cancel_stops_every_rank(env) -> None:
     log = executor.log_dir(job.id)
     _run_until(sched, store, lambda: all((log / f"rank-{r}.log").exists() and (log / f"rank-{r}.log").read_text()
                                          for r in (0, 1)))
+    launcher = psutil.Process(int(store.get_job(job.id).run_ref))
+    tree = [launcher, *launcher.children(recursive=True)]
+    assert sum("sleeper.py" in " ".join(p.cmdline()) for p in tree[1:]) == 2  # both ranks
     sched.cancel(job.id)
     _run_until(sched, store, lambda: store.get_job(job.id).state in ("CANCELLED", "FAILED"), timeout=30)
     assert store.get_job(job.id).state == "CANCELLED"
-    left = [p for p in psutil.process_iter(["cmdline"]) if "sleeper.py" in " ".join(p.info["cmdline"] or [])]
-    assert left == []
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
 
 
 def test_pending_job_is_cancelled_at_once(env) -> None:
@@ -106,7 +109,7 @@ def test_restarted_service_adopts_live_runs_and_requeues_lost_ones(env) -> None:
     lost = store.add_job(_spec("lost", f"{py} {WORKERS / 'sleeper.py'}"), "alice")
     _run_until(sched, store, lambda: all(store.get_job(j.id).state == "RUNNING" for j in (live, lost)))
     # The service dies (nothing of it remains but the store); the run of `lost` dies with the machine's luck.
-    os.killpg(store.get_job(lost.id).pid, signal.SIGKILL)
+    os.killpg(int(store.get_job(lost.id).run_ref), signal.SIGKILL)
     time.sleep(0.5)
     fresh = Scheduler(store, LocalExecutor(devices=2, home=executor.home), policies.get("priority"), grace=15)
     fresh.recover()

@@ -1,0 +1,32 @@
+"""Executors by name: the service selects one from its config (`corral server --executor NAME`).
+
+>>> from corral.control import executors
+>>> executors.available()
+['local']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.control.executors.base import Ending, Executor, RunHandle, RunOutcome
+from corral.errors import UserError
+
+_NAMES = ("local",)
+
+
+def available() -> list[str]:
+    """Names of the executors a service can run on."""
+    return list(_NAMES)
+
+
+def create(name: str, *, home: Path, devices: int | None = None) -> Executor:
+    """A new executor by name; UserError names the choices for an unknown one."""
+    if name == "local":
+        from corral.control.executors.local import LocalExecutor, default_devices
+
+        return LocalExecutor(devices or default_devices(), home)
+    raise UserError(f"unknown executor {name!r}; choose one of: {', '.join(available())}")
+
+
+__all__ = ["Ending", "Executor", "RunHandle", "RunOutcome", "available", "create"]
