@@ -90,26 +90,26 @@ def run_one(task: tuple[Scenario, str]) -> dict:
             "stopped": r.stopped, **{k: v for k, v in m.as_dict().items() if k != "policy"}}  # fmt: skip
 
 
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r[key] is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def aggregate(rows: list[dict], labels: list[str]) -> list[dict]:
     """One row per (group, policy): mean of the per-trace values (max for max rho), ratios to fifo."""
     out = []
     for group in dict.fromkeys(r["group"] for r in rows):
         per = {lab: [r for r in rows if r["group"] == group and r["policy"] == lab] for lab in labels}
-
-        def mean(lab: str, key: str) -> float | None:
-            vals = [r[key] for r in per[lab] if r[key] is not None]
-            return sum(vals) / len(vals) if vals else None
-
-        base = {k: mean(BASELINE, k) for k in ("avg_jct", "p99_jct", "makespan")}
+        base = {k: _mean(per[BASELINE], k) for k in ("avg_jct", "p99_jct", "makespan")}
         for lab in labels:
             if not per[lab]:
                 continue
             row = {"group": group, "policy": lab, "traces": len(per[lab]),
                    "unfinished": sum(r["unfinished"] for r in per[lab]),
                    "ftf_max": max((r["ftf_max"] for r in per[lab] if r["ftf_max"] is not None), default=None),
-                   "ftf_unfair_share": mean(lab, "ftf_unfair_share")}  # fmt: skip
+                   "ftf_unfair_share": _mean(per[lab], "ftf_unfair_share")}  # fmt: skip
             for k in ("avg_jct", "p99_jct", "makespan"):
-                row[k] = mean(lab, k)
+                row[k] = _mean(per[lab], k)
                 row[f"{k}_vs_fifo"] = row[k] / base[k] if row[k] and base[k] else None
             out.append(row)
     return out
@@ -167,14 +167,16 @@ def markdown(agg: list[dict], fid: list[dict], summary: dict, meta: dict) -> str
             f"| {_f(r['makespan'])} | {_f(r['makespan_vs_fifo'], 'x')} | {_f(r['ftf_max'], 'x')} "
             f"| {_f(r['ftf_unfair_share'], 'pct')} | {r['unfinished']} |"
         )
+    authors_same = _f(summary["authors_files_pollux_over_tiresias_same_workloads"], "x")
     lines += ["", "Pollux workloads: values are means over the workloads of each workload's metric "
               "(max rho: the maximum).", "", "## Against the published results (Pollux, OSDI'21)", "",
               "| | Pollux / Tiresias (mean avg JCT) |", "|---|---:|",
               f"| paper (2751 s / 4038 s, 8 workloads) | {summary['published_pollux_over_tiresias']:.2f} |",
-              f"| authors' JSON, same workloads as this run | {_f(summary['authors_files_pollux_over_tiresias_same_workloads'], 'x')} |",
+              f"| authors' JSON, same workloads as this run | {authors_same} |",
               f"| corral (pollux / tiresias-artifact) | {_f(summary['ours_pollux_over_tiresias'], 'x')} |", "",
               "Per workload, corral's average JCT against the authors' (goal: within 10%):", "",
-              "| workload | policy | corral (s) | authors (s) | corral / authors |", "|---|---|---:|---:|---:|"]  # fmt: skip
+              "| workload | policy | corral (s) | authors (s) | corral / authors |",
+              "|---|---|---:|---:|---:|"]  # fmt: skip
     for t in fid:
         flag = "" if t["ratio"] is None or abs(t["ratio"] - 1) <= 0.10 else " (>10%)"
         lines.append(f"| {t['workload']} | {t['policy']} | {_f(t['ours_avg_jct'])} | {_f(t['authors_avg_jct'])} "
@@ -183,7 +185,8 @@ def markdown(agg: list[dict], fid: list[dict], summary: dict, meta: dict) -> str
               "- corral's `pollux` policy is a greedy allocation of goodput speedups (corral.sched.policies.pollux), "
               "not the artifact's genetic algorithm; its throughput models are fitted by "
               "corral.sched.goodput.fit_throughput from the step times a job has run;",
-              "- an elastic job picks its batch size from the ground-truth profile (the artifact uses the fitted model);",
+              "- an elastic job picks its batch size from the ground-truth profile "
+              "(the artifact uses the fitted model);",
               "- AdaptDL's exploration limit (twice the most GPUs a job has run on) never goes below the GPUs "
               "the trace requests;",
               "- `tiresias-artifact` replays the artifact's Tiresias settings; corral's default `tiresias` adds a "
@@ -241,7 +244,8 @@ def main() -> None:
     if summary:
         console.print(
             f"Pollux / Tiresias mean avg JCT: paper {summary['published_pollux_over_tiresias']:.2f}, "
-            f"authors' files on these workloads {_f(summary['authors_files_pollux_over_tiresias_same_workloads'], 'x')}, "
+            "authors' files on these workloads "
+            f"{_f(summary['authors_files_pollux_over_tiresias_same_workloads'], 'x')}, "
             f"corral {_f(summary['ours_pollux_over_tiresias'], 'x')}"
         )
     meta = {"quick": args.quick, "wall_s": wall, "clusters": clusters}

@@ -16,8 +16,9 @@ ssp take one step per worker gradient, N times as many, so they use lr / N
 (the linear scaling rule for asynchronous SGD; at lr 0.05 asp diverges).
 
 Goals: asp and ssp:2 >= 1.5x the bsp throughput with test accuracy within 1
-point of bsp (no more than 1 point below it; being better is fine). Runs alternate (each repeat runs every configuration once) and
-the table shows medians: this machine is shared and noisy. Writes
+point of bsp (no more than 1 point below it; being better is fine). Runs
+alternate (each repeat runs every configuration once) and the table shows
+medians: this machine is shared and noisy. Writes
 benchmarks/results/ps_straggler.json.
 """
 
@@ -54,9 +55,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
+    from digits import accuracy, data, model
 
     import corral
-    from digits import accuracy, data, model
 
     options = {"consistency": args.consistency} if args.strategy == "ps" else {}
     job = corral.init(strategy=args.strategy, seed=0, **options)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["Job", "init", "PREEMPTED_EXIT_CODE"]
+from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE  # re-exported; defined in the runtime
 
-PREEMPTED_EXIT_CODE = 75  # a worker saved its checkpoint and stopped when asked to (EX_TEMPFAIL)
+__version__ = "0.1.0"
+__all__ = ["PREEMPTED_EXIT_CODE", "Job", "init"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from corral.runtime.job import Job, init

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from corral.errors import UserError
+from corral.runtime.commands import invoke
 
 app = typer.Typer(
     name="corral",
@@ -38,20 +38,8 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a UserError or a usage mistake becomes one line on stderr and exit code 2."""
-    from typer.exceptions import Abort, TyperException
-
     _register()
-    try:
-        code = app(args=argv, standalone_mode=False)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except TyperException as exc:  # unknown option, bad value, missing argument
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        return 2
-    except (Abort, KeyboardInterrupt):
-        return 130
-    return int(code or 0) if isinstance(code, int) else 0
+    return invoke(app, argv)
 
 
 def entry() -> None:

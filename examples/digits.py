@@ -10,6 +10,7 @@ directory the corral service gives it) and resumes from there.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ def main() -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--step-sleep", type=float, default=0.0,
+                   help="seconds of emulated accelerator time per step (CPU-only hosts whose device slots share "
+                        "cores: benchmarks/sim_live.py)")
     args = p.parse_args()
 
     job = corral.init(strategy="ddp", precision=args.precision, grad_accum=args.grad_accum,
@@ -65,6 +69,8 @@ def main() -> None:
         for x, y in loader:
             loss = F.cross_entropy(net(x), y)
             job.step(loss)
+            if args.step_sleep:
+                time.sleep(args.step_sleep)
             total, n = total + loss.item(), n + 1
         job.log(loss=total / max(n, 1), test_acc=accuracy(net, test))
     acc = accuracy(net, test)

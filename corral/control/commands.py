@@ -12,10 +12,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from corral.control.states import ACTIVE, STATE_STYLE, STATES, TERMINAL, JobState
 from corral.errors import UserError
 
 if TYPE_CHECKING:
@@ -29,18 +30,13 @@ MAX_RANK = 4096
 MAX_LIMIT = 10_000
 RECENT = 3600.0  # seconds: `corral jobs` shows jobs that ended this recently
 POLL = 1.0  # seconds between polls of `submit --wait`
-STATES = ("PENDING", "RUNNING", "PREEMPTED", "RESTARTING", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-ACTIVE = tuple(s for s in STATES if s not in TERMINAL)
-STATE_STYLE = {"PENDING": "yellow", "RUNNING": "green", "PREEMPTED": "magenta", "RESTARTING": "cyan",
-               "SUCCEEDED": "bold blue", "FAILED": "bold red", "CANCELLED": "dim"}
 JOB_COLOURS = ("blue", "green", "magenta", "cyan", "yellow", "red", "bright_blue", "bright_green",
                "bright_magenta", "bright_cyan", "dark_orange", "purple", "spring_green3", "deep_pink3")
 
-ServerOpt = Annotated[Optional[str], typer.Option(
+ServerOpt = Annotated[str | None, typer.Option(
     "--server", help="URL of the corral server (default: CORRAL_SERVER, else http://127.0.0.1:8765).",
     show_default=False)]
-TokenOpt = Annotated[Optional[str], typer.Option(
+TokenOpt = Annotated[str | None, typer.Option(
     "--token", help="API token (default: CORRAL_TOKEN, else the file $CORRAL_HOME/token).", show_default=False)]
 JobIdArg = Annotated[str, typer.Argument(help="Job id (as `corral jobs` shows it).", metavar="ID",
                                          show_default=False)]
@@ -140,10 +136,10 @@ def _esc(text: Any) -> str:
 def server_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
-    db: Annotated[Optional[str], typer.Option(
+    db: Annotated[str | None, typer.Option(
         help="SQLAlchemy database URL (default: CORRAL_DB, else SQLite at HOME/corral.db).",
         show_default=False)] = None,
-    devices: Annotated[Optional[int], typer.Option(
+    devices: Annotated[int | None, typer.Option(
         help="Device slots to hand out (default: the CUDA devices, else one per two CPU cores).",
         show_default=False)] = None,
     policy: Annotated[str, typer.Option(help="Scheduling policy: fifo, fifo-backfill, priority, srtf, "
@@ -153,8 +149,9 @@ def server_command(
                                            metavar="SECONDS")] = 5.0,
     grace: Annotated[float, typer.Option(help="Seconds a stopped job gets to checkpoint before it is killed.",
                                          metavar="SECONDS")] = 10.0,
-    home: Annotated[Optional[Path], typer.Option(
+    home: Annotated[Path | None, typer.Option(
         help="Where state, logs and tokens live (default: CORRAL_HOME, else ~/.corral).", show_default=False)] = None,
+    executor: Annotated[str, typer.Option(help="Where jobs run: local (process gangs on this machine).")] = "local",
 ) -> None:
     """Run the corral service: HTTP API, dashboard and scheduler loop, in the foreground."""
     import logging
@@ -169,6 +166,10 @@ def server_command(
     _seconds("--round", round_s, positive=True)
     _seconds("--grace", grace, positive=False)
     policies.get(policy, placer=placer)
+    from corral.control import executors
+
+    if executor not in executors.available():
+        raise UserError(f"--executor: unknown executor {executor!r}; choose one of: {', '.join(executors.available())}")
 
     from corral.control.server import check_port, serve
     from corral.control.service import Service, ServiceConfig
@@ -177,14 +178,15 @@ def server_command(
     home_dir = (home or client_home()).expanduser().resolve()
     had_token = (home_dir / "token").exists()
     service = Service(ServiceConfig(home=home_dir, db=db, devices=devices, policy=policy, placer=placer,
-                                    round_seconds=round_s, grace=grace))
+                                    round_seconds=round_s, grace=grace, executor=executor))
     written = service.ensure_admin()
     if written is not None:
         also = "" if had_token else f" (also {home_dir / 'token'})"
         print(f"admin token written to {written}{also}", flush=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     url = f"http://{shown}:{port}"
-    print(f"corral server: {service.total_devices()} devices, policy {policy}, home {home_dir}", flush=True)
+    print(f"corral server: {service.total_devices()} devices ({executor} executor), policy {policy}, "
+          f"home {home_dir}", flush=True)
     print(f"dashboard: {url}/   API docs: {url}/docs", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(service, host, port)
@@ -280,16 +282,16 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
     took = _duration(job["run_time"])
     code = f", exit code {job['exit_code']}" if job.get("exit_code") not in (None, 0) else ""
     console.print(f"job {job['id']} ({_esc(job['name'])}) {_state(job)} after {took} of running{code}")
-    return 0 if job["state"] == "SUCCEEDED" else 1
+    return 0 if job["state"] == JobState.SUCCEEDED.value else 1
 
 
 def jobs_command(
-    state: Annotated[Optional[list[str]], typer.Option(
+    state: Annotated[list[str] | None, typer.Option(
         "--state", "-s", help="Show jobs in this state (repeatable): " + ", ".join(STATES) + ".",
         show_default=False)] = None,
-    user: Annotated[Optional[str], typer.Option(help="Only this user's jobs.", show_default=False)] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's jobs.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Every job, also those that ended long ago.")] = False,
-    limit: Annotated[Optional[int], typer.Option(help=f"At most N jobs (1..{MAX_LIMIT}), newest first.",
+    limit: Annotated[int | None, typer.Option(help=f"At most N jobs (1..{MAX_LIMIT}), newest first.",
                                                  metavar="N", show_default=False)] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -392,7 +394,7 @@ def _print_job(job: dict[str, Any], events: list[dict[str, Any]], metrics: list[
 def logs_command(
     job_id: JobIdArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing output until the job ends.")] = False,
-    rank: Annotated[Optional[int], typer.Option(help="Only this rank's output (default: every rank, prefixed).",
+    rank: Annotated[int | None, typer.Option(help="Only this rank's output (default: every rank, prefixed).",
                                                 metavar="R", show_default=False)] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -428,7 +430,7 @@ def cancel_command(
     with _client(server, token) as client:
         job = client.cancel(jid)
     console = _console()
-    if job["state"] == "CANCELLED":
+    if job["state"] == JobState.CANCELLED.value:
         console.print(f"job {jid} ({_esc(job['name'])}): {_state(job)}")
     else:
         console.print(f"job {jid} ({_esc(job['name'])}): {_state(job)}, cancelling; it becomes CANCELLED "
@@ -485,7 +487,7 @@ def cluster_command(
 
 def demo_command(
     devices: Annotated[int, typer.Option(help="Device slots of the demo cluster.")] = 4,
-    report_dir: Annotated[Optional[Path], typer.Option(help="Write the demo report here.",
+    report_dir: Annotated[Path | None, typer.Option(help="Write the demo report here.",
                                                        show_default=False)] = None,
     port: Annotated[int, typer.Option(help="Port of the demo server (0: a free one).")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="A shorter demo.")] = False,

@@ -37,6 +37,7 @@ from corral.control.report import JobRecord
 from corral.control.server import ServerThread, check_port
 from corral.control.service import Service, ServiceConfig
 from corral.control.spec import JobSpec, load_spec
+from corral.control.states import HOLDING, STATE_STYLE, TERMINAL, JobState
 from corral.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: examples/ lives here
@@ -45,7 +46,6 @@ MAX_DEVICES = 64
 API = "/api/v1"
 TICK = 0.5  # seconds between refreshes of the live table
 GRACE = 10.0  # seconds a stopped run has to checkpoint before it is killed
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 @dataclass(frozen=True)
@@ -234,11 +234,12 @@ class _Demo:
         low = next((j for j in self.jobs.values() if self.demo_job[j["id"]].preempted), None)
         if low is None or low["state"] in TERMINAL:
             return True
-        if low["state"] != "RUNNING":
+        if low["state"] != JobState.RUNNING.value:
             return False
         # A loss logged in this run means its training loop runs (a SIGTERM now is a clean checkpoint,
         # not a kill during start-up), and the report can show the step it resumes from.
-        since = max((e["time"] for e in self.events.get(low["id"], []) if e["dst"] == "RUNNING"), default=0.0)
+        starts = [e["time"] for e in self.events.get(low["id"], []) if e["dst"] == JobState.RUNNING.value]
+        since = max(starts, default=0.0)
         recs = self.metrics.get(low["id"], ([], ""))[0]
         key = report.loss_key(recs)
         return any(r["time"] >= since and key in r["values"] for r in recs) if key else False
@@ -247,7 +248,7 @@ class _Demo:
         """The urgent job, grown if needed to one device more than are free, so that it must preempt."""
         # Devices an elastic job holds above its request count as free: a waiting job takes them first.
         held = sum(min(len(j["devices"]), j["gpus"]) if j["min_gpus"] < j["max_gpus"] else len(j["devices"])
-                   for j in self.jobs.values() if j["state"] in ("RUNNING", "RESTARTING"))
+                   for j in self.jobs.values() if j["state"] in HOLDING)
         need = self.devices - held + 1  # at most free + the low-priority job's devices: it alone is preempted
         if need <= (spec.resources.gpus or 1) or need > self.devices:
             return spec
@@ -265,7 +266,7 @@ class _Demo:
             if job["id"] not in self.demo_job:
                 continue
             self.jobs[job["id"]] = job
-            if job["state"] in ("RUNNING", "RESTARTING") and job["devices"]:
+            if job["state"] in HOLDING and job["devices"]:
                 self.polled.setdefault(job["id"], []).append((now, tuple(job["devices"])))
         new: list[tuple[float, int, dict[str, Any]]] = []
         for jid, job in sorted(self.jobs.items()):
@@ -274,26 +275,35 @@ class _Demo:
             # Events only when the job moved (every transition changes one of these): few requests per tick.
             seen = (job["state"], job["attempt"], job["restarts"], job["preemptions"], job.get("resizes"))
             if self._seen.get(jid) != seen:
-                events = self.client.get(f"{API}/jobs/{jid}/events").json()["events"]
+                events = self._events(jid)
                 new += [(ev["time"], jid, ev) for ev in events[len(self.events.get(jid, [])):]]
                 self.events[jid] = events
                 self._seen[jid] = seen
-            if job["state"] != "PENDING" or jid not in self.metrics:
+            if job["state"] != JobState.PENDING.value or jid not in self.metrics:
                 self.metrics[jid] = self._metrics(jid)
         for _, jid, ev in sorted(new, key=lambda e: (e[0], e[1])):
             self._print_event(jid, ev)
+
+    def _events(self, jid: int) -> list[dict[str, Any]]:
+        """The job's events with their structured data (the allocation of every start), from the store.
+
+        Read in-process: the API's events carry time, states and cause, not the data the report needs.
+        """
+        assert self.service is not None
+        return [{"time": e.time, "src": e.src, "dst": e.dst, "cause": e.cause, "data": e.data or {}}
+                for e in self.service.store.events(jid)]
 
     def _metrics(self, jid: int) -> tuple[list[dict[str, Any]], str]:
         """The job's metrics from the API, completed from the metrics.jsonl in its checkpoint folder."""
         assert self.client is not None and self.service is not None
         api = self.client.get(f"{API}/jobs/{jid}/metrics").json()["metrics"]
-        file = report.read_metrics_file(self.service.executor.checkpoint_dir(jid) / "metrics.jsonl")
+        file = report.read_metrics_file(Path(self.service.executor.checkpoint_location(jid)) / "metrics.jsonl")
         return report.merge_metrics(api, file)
 
     def _print_event(self, jid: int, ev: dict[str, Any]) -> None:
         job = self.jobs[jid]
         arrow = f"{ev['src']} → {ev['dst']}" if ev["src"] else ev["dst"]
-        style = _STATE_STYLE.get(ev["dst"], "")
+        style = STATE_STYLE.get(ev["dst"], "")
         self.console.print(Text.assemble(f"{ev['time'] - self.t0:6.1f} s  ", (f"#{jid} {job['name']:<13}", "bold"),
                                          " ", (f"{arrow:<22}", style), " ", ev["cause"]))
 
@@ -301,7 +311,7 @@ class _Demo:
 
     def _render(self) -> Group:
         elapsed = time.time() - self.t0
-        busy = sum(len(j["devices"]) for j in self.jobs.values() if j["state"] in ("RUNNING", "RESTARTING"))
+        busy = sum(len(j["devices"]) for j in self.jobs.values() if j["state"] in HOLDING)
         t = Table(title=f"corral demo · {elapsed:4.0f} s · {busy}/{self.devices} devices busy · policy priority",
                   title_justify="left", caption=_ABBREVIATIONS, caption_justify="left", **_TABLE_STYLE)
         for name, justify, width in (("id", "right", 2), ("job", "left", 12), ("prio", "right", 4),
@@ -317,7 +327,7 @@ class _Demo:
             loss, acc = report.latest(recs, lk), report.latest(recs, ak)
             step = max([job.get("step") or 0, *(r["step"] for r in recs)])
             t.add_row(str(jid), job["name"], str(job["priority"]),
-                      Text(job["state"], _STATE_STYLE.get(job["state"], "")), job["reason"] or "",
+                      Text(job["state"], STATE_STYLE.get(job["state"], "")), job["reason"] or "",
                       _short_devices(job["devices"]), _progress(job, step, recs), str(job["restarts"]),
                       str(job["preemptions"]), str(job.get("resizes", 0)),
                       f"{loss:.3g}" if loss is not None else "-", f"{acc:.3f}" if acc is not None else "-")
@@ -354,7 +364,7 @@ class _Demo:
             "result": "every job ended as expected" if ok else "some jobs did not end as expected",
             "wall time": f"{wall:.1f} s", "devices": self.devices, "policy": "priority",
             "quick": self.quick,
-            "allocations": "from each job's events (a start's cause names its devices); "
+            "allocations": "from each job's events (every start records its allocation); "
                            "devices polled every 0.5 s as a fallback",
             "metrics": ", ".join(sorted({r["metrics_source"] for r in rows})),
             "notes": notes + ["metrics: 'api' = GET /jobs/{id}/metrics; 'metrics.jsonl' = the file job.log() writes "
@@ -373,7 +383,7 @@ class _Demo:
     @staticmethod
     def _expect(dj: DemoJob, row: dict[str, Any]) -> tuple[str, bool]:
         """What the job must end with, in words, and whether it did."""
-        text, ok = "SUCCEEDED", row["state"] == "SUCCEEDED"
+        text, ok = JobState.SUCCEEDED.value, row["state"] == JobState.SUCCEEDED.value
         if dj.restarts:
             text += f" after {dj.restarts} restart{'s' if dj.restarts > 1 else ''}"
             ok = ok and row["restarts"] == dj.restarts
@@ -393,7 +403,7 @@ class _Demo:
         t.add_column("ok")
         for row in rows:
             cells = dict(zip([k for k, _ in report.SUMMARY_COLUMNS], report.row_cells(row)))
-            cells["state"] = f"[{_STATE_STYLE.get(row['state'], '')}]{cells['state']}[/]"
+            cells["state"] = f"[{STATE_STYLE.get(row['state'], '')}]{cells['state']}[/]"
             cells["result"] = cells["result"].replace("test_acc", "acc")
             t.add_row(*[cells[k] for k in keys], "[green]yes[/]" if row["ok"] else "[bold red]NO[/]")
         self.console.print()
@@ -413,9 +423,9 @@ class _Demo:
         logs = self.out / "logs"
         logs.mkdir(exist_ok=True)
         for jid, job in self.jobs.items():
-            src = self.service.executor.job_dir(jid) / "launcher.log"
-            if src.exists():
-                shutil.copyfile(src, logs / f"{jid}-{job['name']}.log")
+            text = self.service.executor.read_log(jid, None, 0, 1 << 30)
+            if text:
+                (logs / f"{jid}-{job['name']}.log").write_bytes(text)
 
     # -- stopping ----------------------------------------------------------------------
 
@@ -440,22 +450,22 @@ class _Demo:
                 with contextlib.suppress(Exception):
                     svc.cancel(jid)
         deadline = time.monotonic() + GRACE + 10
-        while svc.executor.runs and time.monotonic() < deadline:
+        while svc.executor.running() and time.monotonic() < deadline:
             time.sleep(0.2)  # the scheduler loop reaps the runs and records the cancellations
-        if svc.executor.runs:
+        if svc.executor.running():
             self._kill_all()
 
     def _kill_all(self) -> None:
         """SIGKILL every run of the executor with all its processes (the workers live in sessions of their own)."""
         if self.service is None:
             return
-        for run in list(self.service.executor.runs.values()):
-            _kill_tree(run.pid)
+        for pid in self.service.executor.pids():  # type: ignore[attr-defined]  # the demo runs the local executor
+            _kill_tree(pid)
 
     def close(self) -> None:
         """Stop the server and the loop; make sure no process of the demo is left."""
         try:
-            if self.service is not None and self.service.executor.runs:
+            if self.service is not None and self.service.executor.running():
                 self._stop_all()
         finally:
             if self.client is not None:
@@ -487,8 +497,6 @@ _TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "padding": (0, 1), "coll
                                 "pad_edge": False, "show_edge": False}
 _LEFT = ("name", "state", "result", "sizes_text")
 _ABBREVIATIONS = "rst: restarts, pre: preemptions, rsz: resizes"
-_STATE_STYLE = {"PENDING": "yellow", "RUNNING": "green", "PREEMPTED": "magenta", "RESTARTING": "red",
-                "SUCCEEDED": "bold green", "FAILED": "bold red", "CANCELLED": "dim"}
 
 
 def _detail(r: httpx.Response) -> str:
@@ -508,7 +516,7 @@ def _short_devices(devices: list[str]) -> str:
 
 def _progress(job: dict[str, Any], step: int, recs: list[dict[str, Any]]) -> str:
     """'345 · 60%': the step and the fraction done (the API's, else the epoch the job last logged)."""
-    if job["state"] == "SUCCEEDED":
+    if job["state"] == JobState.SUCCEEDED.value:
         done = "100%"
     elif job.get("progress") is not None:
         done = f"{job['progress']:.0%}"

@@ -1,24 +1,25 @@
 """A report of jobs the service ran: per-job summary (JCT, waits, preemptions...), a device Gantt chart and loss curves.
 
-The input is what the HTTP API returns (jobs, their events and metrics), so
-the same report can be built for any service; `corral demo` writes one at its
-end. Allocations come from the events: every start of a run is recorded as
-"... on local:0,local:1", and the next transition out of RUNNING ends it.
+The input is what the service records (jobs as the HTTP API shows them, their
+events and metrics), so the same report can be built for any service; `corral
+demo` writes one at its end. Allocations come from the events: every
+transition into RUNNING carries the run's allocation in its structured data
+(`{"allocation": {node: [device ids]}}`), and the next transition out of
+RUNNING ends the run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-HOLDING = ("RUNNING", "RESTARTING")
-_DEVICES_RE = re.compile(r" on ((?:[\w.-]+:\d+)(?:,[\w.-]+:\d+)*)\s*$")
+from corral.control.states import HOLDING, JobState
+
 LOSS_KEYS = ("loss", "train_loss", "mse")
 ACC_KEYS = ("test_acc", "acc", "accuracy", "val_acc")
 
@@ -36,14 +37,14 @@ class Interval:
     ended_by: str  # the state it moved to ("" while still running); with `cause` says why
 
     cause: str = ""
+    kind: str = ""  # the ending event's data["kind"]: "resize", "preemption", "lost" (structured, not parsed)
 
     @property
     def outcome(self) -> str:
         """How the run ended, in a word: done, preempted, resized, crashed, cancelled or running."""
-        if self.ended_by == "PREEMPTED" or self.ended_by == "PENDING":
-            return "resized" if "resize" in self.cause else "preempted"
-        return {"SUCCEEDED": "done", "RESTARTING": "crashed", "FAILED": "crashed",
-                "CANCELLED": "cancelled"}.get(self.ended_by, "running")
+        if self.ended_by in (JobState.PREEMPTED.value, JobState.PENDING.value):
+            return "resized" if self.kind == "resize" else "preempted"
+        return _OUTCOME.get(self.ended_by, "running")
 
 
 @dataclass
@@ -57,10 +58,16 @@ class JobRecord:
     polled_devices: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
 
-def parse_devices(cause: str) -> tuple[str, ...] | None:
-    """The devices named at the end of a start cause ('scheduled by priority on local:0,local:1'), or None."""
-    m = _DEVICES_RE.search(cause)
-    return tuple(m.group(1).split(",")) if m else None
+_OUTCOME = {JobState.SUCCEEDED.value: "done", JobState.RESTARTING.value: "crashed", JobState.FAILED.value: "crashed",
+            JobState.CANCELLED.value: "cancelled"}
+
+
+def allocated_devices(event: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The devices of a start event's allocation (`data["allocation"]`, node -> device ids) as 'node:id', or None."""
+    allocation = (event.get("data") or {}).get("allocation")
+    if not allocation:
+        return None
+    return tuple(f"{node}:{d}" for node, devices in sorted(allocation.items()) for d in devices)
 
 
 def device_sort_key(device: str) -> tuple[str, int]:
@@ -70,20 +77,22 @@ def device_sort_key(device: str) -> tuple[str, int]:
 
 
 def intervals(rec: JobRecord, now: float) -> list[Interval]:
-    """The runs of one job with their devices, from its events (polled devices where a cause names none)."""
+    """The runs of one job with their devices, from its events (polled devices where an event has no allocation)."""
     job, out = rec.job, []
     start: tuple[float, tuple[str, ...]] | None = None
     run = 0
     for ev in rec.events:
         t, dst = float(ev["time"]), ev["dst"]
-        if start is not None and dst != "RUNNING" and ev["src"] in HOLDING:
-            out.append(Interval(job["id"], job["name"], run, start[0], t, start[1], dst, ev.get("cause", "")))
+        if start is not None and dst != JobState.RUNNING.value and ev["src"] in HOLDING:
+            out.append(Interval(job["id"], job["name"], run, start[0], t, start[1], dst, ev.get("cause", ""),
+                                (ev.get("data") or {}).get("kind", "")))
             start = None
-        if dst == "RUNNING":
+        if dst == JobState.RUNNING.value:
             if start is not None:  # RESTARTING -> RUNNING came without a closing event: close it here
-                out.append(Interval(job["id"], job["name"], run, start[0], t, start[1], "RESTARTING", "restarted"))
+                out.append(Interval(job["id"], job["name"], run, start[0], t, start[1], JobState.RESTARTING.value,
+                                    "restarted"))
             run += 1
-            devices = parse_devices(ev.get("cause", "")) or _polled_at(rec, t) or tuple(job.get("devices") or ())
+            devices = allocated_devices(ev) or _polled_at(rec, t) or tuple(job.get("devices") or ())
             start = (t, devices)
     if start is not None:
         out.append(Interval(job["id"], job["name"], run, start[0], now, start[1], ""))
@@ -103,10 +112,10 @@ def waiting_spans(rec: JobRecord, now: float) -> list[tuple[float, float]]:
     spans, since = [], None
     for ev in rec.events:
         t = float(ev["time"])
-        if since is not None and ev["dst"] != "PENDING":
+        if since is not None and ev["dst"] != JobState.PENDING.value:
             spans.append((since, t))
             since = None
-        if ev["dst"] == "PENDING":
+        if ev["dst"] == JobState.PENDING.value:
             since = t if since is None else since
     if since is not None:
         spans.append((since, now))

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from corral.cli import main as corral_main
+from corral.runtime.commands import run_main
 
 
 def write_exit_code(path: Path, code: int) -> None:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     exit_file = Path(argv[0])
     args = argv[2:] if len(argv) > 1 and argv[1] == "--" else argv[1:]
     try:
-        code = corral_main(["run", *args])
+        code = run_main(args)
     except BaseException:  # record a crash of the launcher itself as a failure
         write_exit_code(exit_file, 1)
         raise

@@ -233,6 +233,9 @@ class Scheduler:
                         continue
                     self._intend(job, PREEMPT if isinstance(action, Preempt) else RESIZE, now)
                     stops.append((_handle(job), self.grace))
+                    if not isinstance(action, Preempt):
+                        # Restarted at its new size in this round when its run stops at once.
+                        starting.append((job.id, action.new))
                 elif isinstance(action, Start):
                     starting.append((job.id, action.new))
             # RESTARTING jobs that keep their devices start again on them.
@@ -242,6 +245,10 @@ class Scheduler:
                     starting.append((job.id, alloc))
         for handle, grace in stops:
             self.executor.stop(handle, grace)
+        if stops:
+            # Runs that stopped at once (a fake run; a real one that had just ended) free
+            # their devices for this round's starts, as the simulator frees them.
+            self._collect(now)
         # Starts go on devices no live run holds (a stopped run holds its devices until it exits).
         with self._tx() as s:
             held = [_alloc(j) for j in s.scalars(select(Job).where(Job.state == JobState.RUNNING.value))]
@@ -322,7 +329,8 @@ class Scheduler:
         elif ending == Ending.LOST:
             # Not the job's fault (its node or the service went away): it resumes, no restart used.
             self.store.transition(s, job, JobState.PENDING, f"run lost ({outcome.detail or 'no exit code'}); "
-                                                            "resumes from its checkpoint", now=now)
+                                                            "resumes from its checkpoint", now=now,
+                                  data={"kind": "lost"})
             self._clear_run(job)
         elif intent in RETURNING and ending in (Ending.PREEMPTED, Ending.KILLED):
             old = _alloc(job).num_devices
@@ -332,7 +340,7 @@ class Scheduler:
             else:
                 job.preemptions += 1
                 cause = f"preempted by {self.policy.name} ({_how(outcome)})"
-            self._requeue(s, job, cause, now)
+            self._requeue(s, job, cause, now, kind="resize" if intent == RESIZE else "preemption")
         else:
             # It failed by itself: a crash (also one while being preempted), or an
             # exit 75 nobody asked for. Restart within max_restarts, else FAILED.
@@ -343,12 +351,12 @@ class Scheduler:
                 self.store.transition(s, job, JobState.RESTARTING, f"{why}; restart {job.restarts}/{limit}", now=now)
                 job.intent, job.intent_time, job.reason, job.run_start = "", None, "Restarting", None
             else:
-                tail = self.executor.log_tail(job.id)
-                job.last_log = tail
-                self._finish(s, job, JobState.FAILED, why + (f": {tail.splitlines()[-1]}" if tail else ""), now)
+                # The log's tail is the owner's to read (job.last_log); events are everyone's.
+                job.last_log = self.executor.log_tail(job.id)
+                self._finish(s, job, JobState.FAILED, why, now, data={"exit_code": code})
 
-    def _requeue(self, s: Session, job: Job, cause: str, now: float) -> None:
-        self.store.transition(s, job, JobState.PREEMPTED, cause, now=now)
+    def _requeue(self, s: Session, job: Job, cause: str, now: float, *, kind: str) -> None:
+        self.store.transition(s, job, JobState.PREEMPTED, cause, now=now, data={"kind": kind})
         self.store.transition(s, job, JobState.PENDING, "requeued; resumes from its checkpoint", now=now)
         self._clear_run(job)
 
@@ -356,8 +364,9 @@ class Scheduler:
         job.allocation, job.run_ref, job.reason, job.run_start = {}, "", "Resources", None
         job.intent, job.intent_time, job.accounted_until = "", None, None
 
-    def _finish(self, s: Session, job: Job, state: JobState, cause: str, now: float) -> None:
-        self.store.transition(s, job, state, cause, now=now)
+    def _finish(self, s: Session, job: Job, state: JobState, cause: str, now: float,
+                data: dict[str, Any] | None = None) -> None:
+        self.store.transition(s, job, state, cause, now=now, data=data)
         job.end_time, job.reason, job.run_start, job.run_ref = now, "", None, ""
         job.intent, job.intent_time, job.accounted_until = "", None, None
 

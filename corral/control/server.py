@@ -10,7 +10,7 @@ import time
 
 import uvicorn
 
-from corral.control.app import create_app
+from corral.control.api import create_app
 from corral.control.service import Service
 from corral.errors import UserError
 

@@ -48,3 +48,22 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 def can_move(src: JobState, dst: JobState) -> bool:
     """True when a job may go from `src` to `dst`."""
     return dst in TRANSITIONS[src]
+
+
+# The state names as the API and the store spell them, for code that works on
+# API dicts (the CLI, the demo, the report): one list each, derived from JobState.
+STATES: tuple[str, ...] = tuple(s.value for s in JobState)
+TERMINAL: tuple[str, ...] = tuple(s.value for s in JobState if s.is_terminal)
+ACTIVE: tuple[str, ...] = tuple(s.value for s in JobState if not s.is_terminal)
+HOLDING: tuple[str, ...] = tuple(s.value for s in JobState if s.holds_devices)
+
+# How the CLI and the demo colour a state (rich styles).
+STATE_STYLE: dict[str, str] = {
+    JobState.PENDING.value: "yellow",
+    JobState.RUNNING.value: "green",
+    JobState.PREEMPTED.value: "magenta",
+    JobState.RESTARTING.value: "cyan",
+    JobState.SUCCEEDED.value: "bold blue",
+    JobState.FAILED.value: "bold red",
+    JobState.CANCELLED.value: "dim",
+}

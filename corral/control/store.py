@@ -120,9 +120,6 @@ class Metric(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     time: Mapped[float] = mapped_column(Float, default=time.time)
     step: Mapped[int] = mapped_column(Integer, default=0)
-    # Step times the job reported, by configuration: {"nodes,replicas,local_batch": [mean s, reports]};
-    # the scheduler fits the job's throughput model from them (corral.control.views).
-    observations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     values: Mapped[dict[str, float]] = mapped_column(JSON)
 
 

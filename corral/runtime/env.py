@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 
-# Exit code of a worker that was asked to stop (SIGTERM), saved a checkpoint
-# and exited cleanly: 75 is EX_TEMPFAIL in sysexits.h, "try again later".
-from corral import PREEMPTED_EXIT_CODE
-
+# Kept importable as env.PREEMPTED_EXIT_CODE (defined in exitcodes, the one place).
+from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE as PREEMPTED_EXIT_CODE
 
 CHECKPOINT_DIR = "CORRAL_CHECKPOINT_DIR"
 STRAGGLER = "CORRAL_STRAGGLER"
@@ -49,6 +47,11 @@ def world_size() -> int:
 def local_world_size() -> int:
     """Number of workers on this node."""
     return _int("LOCAL_WORLD_SIZE", world_size())
+
+
+def num_nodes() -> int:
+    """Nodes the gang spans: WORLD_SIZE / LOCAL_WORLD_SIZE as torchrun sets them (1 alone)."""
+    return max(1, world_size() // max(1, local_world_size()))
 
 
 def restart_count() -> int:

@@ -34,8 +34,9 @@ from torch import nn
 from corral.errors import UserError
 from corral.runtime import checkpoint as ckpt
 from corral.runtime import env
+from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE
+from corral.runtime.loader import ShardedLoader
 from corral.runtime.partition import (
-    EpochPlan,
     Segment,
     check_partition,
     history_from_state,
@@ -78,91 +79,6 @@ class StepStats:
     last_step_s: float = 0.0
     samples: int = 0
     started: float = 0.0
-
-
-class ShardedLoader:
-    """Iterates this rank's batches of the current epoch; resumable mid-epoch at any world size."""
-
-    def __init__(
-        self,
-        job: Job,
-        dataset: Any,
-        batch_size: int,
-        *,
-        partition: str,
-        shuffle: bool,
-        drop_last: bool,
-        costs: Sequence[float] | None,
-        key: Callable[[int], Any] | None,
-        collate_fn: Callable[[list[Any]], Any] | None,
-        num_workers: int,
-    ) -> None:
-        self.job = job
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.partition = partition
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.costs = None if costs is None else np.asarray(costs, dtype=np.float64)
-        self.key = key
-        self.collate_fn = collate_fn
-        self.num_workers = num_workers
-        self.batches_done = 0  # batches of the current segment whose gradients are in the model
-        self.yielded = 0  # batches of the current segment handed to the user
-        self._plan: EpochPlan | None = None
-        # TensorDatasets are indexed with one gather per batch instead of one
-        # __getitem__ per sample: same samples, much less Python per step.
-        self._tensors = getattr(dataset, "tensors", None) if isinstance(dataset, torch.utils.data.TensorDataset) else None
-
-    def plan(self) -> EpochPlan:
-        """This rank's plan for the job's current epoch (after what earlier segments consumed)."""
-        job = self.job
-        if self._plan is None or self._plan.epoch != job.epoch or self._plan.history != job._history:
-            self._plan = EpochPlan(
-                n=len(self.dataset), epoch=job.epoch, rank=job.rank, world_size=job.world_size,
-                batch_size=self.batch_size, kind=self.partition, seed=job.seed, shuffle=self.shuffle,
-                drop_last=self.drop_last, history=job._history, costs=self.costs, key=self.key,
-            )
-            self.batches_done = self.yielded = 0
-        return self._plan
-
-    def __len__(self) -> int:
-        return self.plan().num_batches
-
-    def _fetch(self, idx: np.ndarray) -> Any:
-        if self._tensors is not None:
-            index = torch.from_numpy(idx)
-            return [t[index] for t in self._tensors]
-        items = [self.dataset[int(i)] for i in idx]
-        collate = self.collate_fn or torch.utils.data.default_collate
-        return collate(items)
-
-    def __iter__(self) -> Iterator[Any]:
-        plan = self.plan()
-        job = self.job
-        start = self.batches_done
-        job._loader = self
-        job._straggle_from = time.perf_counter()  # a straggler's step time excludes what ran between epochs
-        for b in range(start, plan.num_batches):
-            batch = _to_device(self._fetch(plan.batch(b)), job.device)
-            job._begin_micro_step(last_of_epoch=b == plan.num_batches - 1)
-            self.yielded = b + 1
-            yield batch
-        job._end_micro_step_context()
-
-    def segment(self) -> Segment:
-        """The part of the epoch consumed so far (whose gradients are in the model)."""
-        return self.plan().consumed_after(self.batches_done)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True) if batch.device != device else batch
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 class Job:
@@ -474,13 +390,13 @@ class Job:
         if self.checkpoint_dir is not None:
             self.save()
         if self.is_main:
-            print(f"[corral] preempted at step {self.step_count}: checkpoint saved, exiting {env.PREEMPTED_EXIT_CODE}",
+            print(f"[corral] preempted at step {self.step_count}: checkpoint saved, exiting {PREEMPTED_EXIT_CODE}",
                   flush=True)
         if self.distributed:
             with contextlib.suppress(Exception):
                 dist.barrier()
         self._teardown()
-        sys.exit(env.PREEMPTED_EXIT_CODE)
+        sys.exit(PREEMPTED_EXIT_CODE)
 
     # -- checkpoints, metrics, end -----------------------------------------
 
@@ -568,6 +484,12 @@ class Job:
             values["step_time"] = elapsed / steps
             # Every rank runs the same batches, so rank 0's rate times the world size is the job's.
             values["samples_per_s"] = (self.stats.samples - self._report_samples) / elapsed
+            # The configuration the step time belongs to: the service fits each job's
+            # throughput model (corral.sched.goodput) keyed by nodes, replicas and local batch.
+            if self._loader is not None:
+                values["replicas"] = float(self.world_size)
+                values["local_batch"] = float(self._loader.batch_size)
+                values["nodes"] = float(env.num_nodes())
         progress = self._progress()
         if progress is not None and progress != self._reported_progress:
             values["progress"] = self._reported_progress = progress
@@ -585,7 +507,7 @@ class Job:
         within = 0.0
         loader = self._loader
         plan = loader._plan if loader is not None else None
-        if plan is not None and plan.epoch == self.epoch and plan.num_batches and plan.n:
+        if loader is not None and plan is not None and plan.epoch == self.epoch and plan.num_batches and plan.n:
             # The plan covers what earlier segments of this epoch left (after a resume): count both.
             left = len(plan.pool)
             within = (plan.n - left + left * min(1.0, loader.batches_done / plan.num_batches)) / plan.n
@@ -607,10 +529,11 @@ class Job:
         ddp = self._model
         if isinstance(ddp, nn.parallel.DistributedDataParallel):
             # The user's model stays usable after finish(): it runs its module, without communication.
-            ddp.forward = ddp.module.__call__
-            ddp.reducer = ddp.logger = None  # the reducer holds the group
+            # DDP's internals, on purpose: torch has no API to release them (hence the type: ignores).
+            ddp.forward = ddp.module.__call__  # type: ignore[method-assign]
+            ddp.reducer = ddp.logger = None  # type: ignore[assignment]  # the reducer holds the group
             ddp._comm_hooks = []  # a hook's state may hold it too
-            ddp.process_group = None  # last: dropping the Python handle joins the threads without the GIL
+            ddp.process_group = None  # type: ignore[assignment]  # last: dropping the handle joins the threads
 
     def _wait_vote(self) -> None:
         if self._stop_work is not None:

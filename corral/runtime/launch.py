@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from corral.errors import UserError
 from corral.runtime import env
+from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE
 
 SUCCEEDED, FAILED, PREEMPTED, INTERRUPTED = "succeeded", "failed", "preempted", "interrupted"
 
@@ -288,7 +289,7 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
             if outcome.state == SUCCEEDED:
                 say(f"all {cfg.nproc} worker(s) succeeded")
             elif outcome.state == PREEMPTED:
-                say(f"preempted: checkpoint saved, exit code {env.PREEMPTED_EXIT_CODE}")
+                say(f"preempted: checkpoint saved, exit code {PREEMPTED_EXIT_CODE}")
             return outcome
 
 
@@ -315,7 +316,7 @@ def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> Launc
                 gang.signal(signal.SIGKILL)
         all_codes = [p.poll() for p in gang.procs]
         for i, code in enumerate(all_codes):
-            if code not in (None, 0, env.PREEMPTED_EXIT_CODE) and not signals.received:
+            if code not in (None, 0, PREEMPTED_EXIT_CODE) and not signals.received:
                 say(f"{gang.labels[i]} failed ({_describe(code)}); stopping the other "
                     f"{'processes' if cfg.servers else 'workers'}")
                 gang.stop(cfg.grace_period)
@@ -324,7 +325,7 @@ def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> Launc
         if all(c is not None for c in codes):
             _stop_servers(gang, cfg)
             break
-        if env.PREEMPTED_EXIT_CODE in codes:
+        if PREEMPTED_EXIT_CODE in codes:
             # One rank saved and stopped: its peers agreed to stop at the same
             # step, so give them the grace period to finish, then end them.
             deadline = time.monotonic() + max(cfg.grace_period, 1.0)
@@ -334,8 +335,8 @@ def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> Launc
             codes = [p.poll() for p in gang.workers]
             break
         time.sleep(0.02)
-    if env.PREEMPTED_EXIT_CODE in codes:
-        return LaunchResult(PREEMPTED, env.PREEMPTED_EXIT_CODE, 0)
+    if PREEMPTED_EXIT_CODE in codes:
+        return LaunchResult(PREEMPTED, PREEMPTED_EXIT_CODE, 0)
     if all(c == 0 for c in codes):
         return LaunchResult(SUCCEEDED, 0, 0)
     # Ended by a signal to the launcher without the Job API's clean exit.

@@ -156,7 +156,7 @@ class Reporter:
                                     self.period if outcome == "ok" else backoff)
 
     def _post(self, batch: list[dict[str, Any]]) -> str:
-        """'ok', 'retry' (unreachable, 5xx, 429), 'drop' (this batch was refused) or 'disable' (we never will be let in)."""
+        """'ok', 'retry' (unreachable, 5xx, 429), 'drop' (this batch was refused) or 'disable' (never let in)."""
         data = json.dumps({"records": batch}).encode()
         request = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
         try:

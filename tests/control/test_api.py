@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -95,6 +98,84 @@ def test_admin_creates_users_and_others_cannot(server: LiveServer) -> None:
     assert snapshot(server) == before
 
 
+def test_rekeying_a_user_reports_admin_as_stored(server: LiveServer) -> None:
+    admin = server.client()
+    first = admin.post(f"{API}/users", json={"name": "carol", "admin": True}).json()
+    assert first["admin"] is True
+    again = admin.post(f"{API}/users", json={"name": "carol"})  # no "admin": a re-key never demotes
+    assert again.status_code == 201 and again.json()["admin"] is True, again.text
+    assert server.client(again.json()["token"]).get(f"{API}/whoami").json() == {"name": "carol", "admin": True}
+    assert server.client(first["token"]).get(f"{API}/whoami").status_code == 401  # the old token ended
+    dave = admin.post(f"{API}/users", json={"name": "dave"}).json()
+    assert dave["admin"] is False
+    promoted = admin.post(f"{API}/users", json={"name": "dave", "admin": True}).json()
+    assert promoted["admin"] is True
+    assert server.client(promoted["token"]).get(f"{API}/whoami").json() == {"name": "dave", "admin": True}
+
+
+def test_concurrent_creations_of_one_name_never_fail(server: LiveServer) -> None:
+    names, per_name = [f"racer{i}" for i in range(12)], 6
+    users_before = dict(x for x in snapshot(server) if x[0] == "users")["users"]
+    barrier = threading.Barrier(len(names) * per_name)
+    answers: list[tuple[str, int, dict]] = []
+    lock = threading.Lock()
+
+    def create(name: str) -> None:
+        with server.client() as c:
+            barrier.wait()
+            r = c.post(f"{API}/users", json={"name": name})
+            with lock:
+                answers.append((name, r.status_code, r.json() if r.status_code == 201 else {"text": r.text}))
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in names for _ in range(per_name)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a for a in answers if a[1] != 201] == []  # never a 500: the loser of a race re-keys
+    assert dict(x for x in snapshot(server) if x[0] == "users")["users"] == users_before + len(names)
+    for name in names:  # as if one came after the other: exactly one token (the last) is valid
+        valid = [a[2] for a in answers if a[0] == name
+                 if server.client(a[2]["token"]).get(f"{API}/whoami").status_code == 200]
+        assert len(valid) == 1 and valid[0]["admin"] is False, (name, valid)
+
+
+def test_a_lost_race_on_a_new_name_becomes_a_rekey(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race above made certain: another creation of the name commits between the lookup and the insert."""
+    store = server.service.store
+    real_session = store.session
+    rival: list[str] = []
+
+    @contextmanager
+    def session() -> Iterator[Any]:
+        with real_session() as s:
+            scalar = s.scalar
+
+            def scalar_then_rival(stmt: Any, *args: Any, **kw: Any) -> Any:
+                got = scalar(stmt, *args, **kw)
+                if got is None and not rival and "users.name" in str(stmt):
+                    rival.append("")
+                    rival[0] = store.create_user("eve")  # commits first, on another connection
+                return got
+
+            s.scalar = scalar_then_rival  # type: ignore[method-assign]
+            yield s
+
+    monkeypatch.setattr(store, "session", session)
+    resp = server.client().post(f"{API}/users", json={"name": "eve"})
+    assert resp.status_code == 201, resp.text
+    assert rival and rival[0]
+    monkeypatch.undo()
+    assert server.client(resp.json()["token"]).get(f"{API}/whoami").json() == {"name": "eve", "admin": False}
+    assert server.client(rival[0]).get(f"{API}/whoami").status_code == 401  # re-keyed after it
+    with store.session() as s:
+        from sqlalchemy import func, select
+
+        from corral.control.store import User
+
+        assert s.scalar(select(func.count()).select_from(User).where(User.name == "eve")) == 1
+
+
 # -- submit ---------------------------------------------------------------------------
 
 
@@ -117,6 +198,18 @@ def test_bad_specs_are_refused_and_change_nothing(server: LiveServer, body, expe
     resp = server.client().post(f"{API}/jobs", json=body)
     assert resp.status_code == 422
     assert expect in one_line(resp)
+    assert snapshot(server) == before
+
+
+@pytest.mark.parametrize("field,literal", [("timeout", "NaN"), ("timeout", "Infinity"), ("timeout", "-Infinity"),
+                                           ("duration_estimate", "NaN"), ("duration_estimate", "Infinity")])
+def test_spec_refuses_nan_and_infinity(server: LiveServer, field: str, literal: str) -> None:
+    server.service.stop()  # the store only: a bad submission must change nothing
+    before = snapshot(server)
+    raw = f'{{"name": "x", "entrypoint": "python -c pass", "{field}": {literal}}}'  # Python's JSON reads these
+    resp = server.client().post(f"{API}/jobs", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert one_line(resp) == f"{field}: Input should be a finite number"
     assert snapshot(server) == before
 
 
@@ -170,6 +263,31 @@ def test_list_filters_by_state_and_user(server: LiveServer) -> None:
     cluster = admin.get(f"{API}/cluster").json()
     assert cluster["total"] == 2 and cluster["used"] == 2 and cluster["pending"] == 1
     assert {d["job_name"] for d in cluster["devices"]} == {"long"}
+
+
+def test_others_see_env_values_redacted_and_no_last_log(server: LiveServer) -> None:
+    server.service.stop()  # jobs stay PENDING: only what the API shows is under test
+    alice = server.client(server.user("alice"))
+    bob = server.client(server.user("bob"))
+    env = {"API_KEY": "hunter2", "OMP_NUM_THREADS": "1"}
+    submitted = alice.post(f"{API}/jobs", json=spec("secret", env=env)).json()
+    assert submitted["spec"]["env"] == env  # the owner's own answer is whole
+    with server.service.store.session() as s:
+        from corral.control.store import Job
+
+        s.get(Job, submitted["id"]).last_log = "Traceback: bad key hunter2"
+    bobs = bob.post(f"{API}/jobs", json=spec("mine", env={"MINE": "x"})).json()
+    one = bob.get(f"{API}/jobs/{submitted['id']}").json()
+    listed = {j["id"]: j for j in bob.get(f"{API}/jobs").json()["jobs"]}
+    for view in (one, listed[submitted["id"]]):
+        assert view["spec"]["env"] == {"API_KEY": "***", "OMP_NUM_THREADS": "***"}  # keys kept, values gone
+        assert view["last_log"] == "" and view["spec"]["entrypoint"] == "python -c pass"
+    assert "hunter2" not in bob.get(f"{API}/jobs").text + bob.get(f"{API}/jobs/{submitted['id']}").text
+    assert listed[bobs["id"]]["spec"]["env"] == {"MINE": "x"}  # bob's own job in full
+    for who in (alice, server.client()):  # the owner and an admin see everything
+        for view in (who.get(f"{API}/jobs/{submitted['id']}").json(),
+                     next(j for j in who.get(f"{API}/jobs").json()["jobs"] if j["id"] == submitted["id"])):
+            assert view["spec"]["env"] == env and view["last_log"] == "Traceback: bad key hunter2"
 
 
 @pytest.mark.parametrize("path", ["/jobs/999", "/jobs/999/events", "/jobs/999/metrics", "/jobs/999/logs",
@@ -242,6 +360,29 @@ def test_follow_logs_drops_no_lines(server: LiveServer) -> None:
         assert c.get(f"{API}/jobs/{job['id']}/logs", params=bad).status_code == 422
 
 
+def test_logs_are_read_through_the_executor(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.service.stop()
+    c = server.client()
+    job = c.post(f"{API}/jobs", json=spec("remote")).json()
+    big = b"".join(b"line %d %s\n" % (i, b"x" * (i % 300)) for i in range(20_000)) + b"no newline at the end"
+    assert len(big) > 2 << 20  # more than two reads' worth
+    logs = {None: big, 0: b"rank zero\n"}
+    calls: list[tuple] = []
+
+    def read_log(job_id: int, rank: int | None, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        calls.append((job_id, rank))
+        return logs[rank][offset:offset + limit]
+
+    monkeypatch.setattr(server.service.executor, "read_log", read_log)
+    resp = c.get(f"{API}/jobs/{job['id']}/logs", params={"rank": 0, "offset": 2})
+    assert resp.text == "nk zero\n" and resp.headers["x-corral-offset"] == "10"
+    assert calls == [(job["id"], 0)]
+    assert c.post(f"{API}/jobs/{job['id']}/cancel").json()["state"] == "CANCELLED"
+    with c.stream("GET", f"{API}/jobs/{job['id']}/logs", params={"follow": True}) as r:
+        followed = b"".join(r.iter_bytes())
+    assert followed == big  # an ended job's log comes whole, however long, with its last partial line
+
+
 # -- metrics ---------------------------------------------------------------------------------
 
 
@@ -249,6 +390,7 @@ def test_metrics_report_with_job_token_or_owner(server: LiveServer) -> None:
     alice_token = server.user("alice")
     alice = server.client(alice_token)
     job = alice.post(f"{API}/jobs", json=spec("m", sleeper())).json()
+    wait_state(server, job["id"], {"RUNNING"})  # started: the snapshot below must not see it start
     body = {"records": [{"step": 1, "values": {"loss": 2.0}}, {"step": 2, "values": {"loss": 1.5, "progress": 0.5}}]}
     assert alice.post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 204
     got = alice.get(f"{API}/jobs/{job['id']}/metrics").json()["metrics"]
@@ -258,13 +400,35 @@ def test_metrics_report_with_job_token_or_owner(server: LiveServer) -> None:
     bob = server.client(server.user("bob"))
     assert bob.post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 403
     assert server.client("nope").post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 401
-    for bad in ({"records": []}, {"records": [{"step": -1, "values": {}}]}, {"records": [{"step": 1, "values": {"a": "x"}}]},
-                {}):
+    for bad in ({"records": []}, {"records": [{"step": -1, "values": {}}]},
+                {"records": [{"step": 1, "values": {"a": "x"}}]}, {}):
         assert alice.post(f"{API}/jobs/{job['id']}/metrics", json=bad).status_code == 422
     assert alice.post(f"{API}/jobs/777/metrics", json=body).status_code == 404
     after = snapshot(server)
     assert [x for x in after if x[0] != "users"] == [x for x in before if x[0] != "users"]
     alice.post(f"{API}/jobs/{job['id']}/cancel")
+
+
+@pytest.mark.parametrize("raw,field", [
+    ('{"records":[{"step":1,"values":{"loss":NaN}}]}', "records.0.values.loss"),
+    ('{"records":[{"step":1,"values":{"loss":Infinity}}]}', "records.0.values.loss"),
+    ('{"records":[{"step":1,"values":{"loss":-Infinity}}]}', "records.0.values.loss"),
+    ('{"records":[{"step":1,"values":{"loss":1.0}},{"step":2,"values":{"progress":NaN}}]}',
+     "records.1.values.progress"),
+    ('{"records":[{"step":1,"values":{"progress":Infinity}}]}', "records.0.values.progress"),
+    ('{"records":[{"step":1,"values":{"loss":1.0},"time":NaN}]}', "records.0.time"),
+])
+def test_metrics_refuse_nan_and_infinity(server: LiveServer, raw: str, field: str) -> None:
+    server.service.stop()  # the job stays PENDING, so the snapshot is stable
+    c = server.client()
+    job = c.post(f"{API}/jobs", json=spec("m")).json()
+    before = snapshot(server)
+    resp = c.post(f"{API}/jobs/{job['id']}/metrics", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert one_line(resp) == f"{field}: Input should be a finite number"
+    assert snapshot(server) == before  # not even the good record of the batch
+    assert c.get(f"{API}/jobs/{job['id']}/metrics").json() == {"metrics": []}
+    assert c.get(f"{API}/jobs/{job['id']}").json()["progress"] is None
 
 
 def test_prometheus_metrics(server: LiveServer) -> None:

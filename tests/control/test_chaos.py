@@ -90,7 +90,7 @@ def _check(loop: FakeLoop, terminal: dict[int, str], quiet: bool) -> None:
         assert sum(c[s] for s in ("SUCCEEDED", "FAILED", "CANCELLED")) <= 1
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_chaos(tmp_path, seed: int, monkeypatch) -> None:
     rng = random.Random(seed)
     loop = make_loop(tmp_path, devices=4, nodes=2, policy="priority")
@@ -109,7 +109,7 @@ def test_chaos(tmp_path, seed: int, monkeypatch) -> None:
     terminal: dict[int, str] = {}
     ids: list[int] = []
     crashes = 0
-    steps = 1500
+    steps = 1200
     for step in range(steps):
         r = rng.random()
         ex.armed = False

@@ -1,4 +1,4 @@
-"""The dashboard page in a real headless Chromium against a live service: jobs, devices, loss curve, events, logs, token form."""
+"""The dashboard in a real headless Chromium against a live service: jobs, devices, loss curve, events, logs, token."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -140,8 +139,8 @@ def _job(jid: int, name: str, **kw: object) -> dict:
     return job
 
 
-def _ev(t: float, src: str, dst: str, cause: str = "") -> dict:
-    return {"time": t, "src": src, "dst": dst, "cause": cause}
+def _ev(t: float, src: str, dst: str, cause: str = "", alloc: dict[str, list[int]] | None = None) -> dict:
+    return {"time": t, "src": src, "dst": dst, "cause": cause, "data": {"allocation": alloc} if alloc else {}}
 
 
 def _m(t: float, step: int, **values: float) -> dict:
@@ -149,23 +148,23 @@ def _m(t: float, step: int, **values: float) -> dict:
 
 
 def test_report_from_events_and_metrics(tmp_path: Path) -> None:
-    """Runs and devices come from the events; a preempted job that resumed is told from one that started over."""
+    """Runs and devices come from the events' data; a preempted job that resumed is told from one that started over."""
     resumed = JobRecord(
         job=_job(1, "low", preemptions=1),
         events=[_ev(100, "", "PENDING", "submitted"),
-                _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:0,local:1"),
+                _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:0,local:1", {"local": [0, 1]}),
                 _ev(110, "RUNNING", "PREEMPTED", "preempted by priority (exit code 75)"),
                 _ev(110, "PREEMPTED", "PENDING", "requeued"),
-                _ev(120, "PENDING", "RUNNING", "scheduled by priority on local:2,local:3"),
+                _ev(120, "PENDING", "RUNNING", "scheduled by priority on local:2,local:3", {"local": [2, 3]}),
                 _ev(140, "RUNNING", "SUCCEEDED", "exit code 0")],
         metrics=[_m(105, 20, loss=2.0, test_acc=0.5), _m(109, 40, loss=1.0, test_acc=0.7),
                  _m(125, 60, loss=0.5, test_acc=0.9)])
     crashed = JobRecord(
         job=_job(2, "flaky", gpus=1, min_gpus=1, max_gpus=1, restarts=1, submit_time=100.0),
         events=[_ev(100, "", "PENDING", "submitted"),
-                _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:2"),
+                _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:2", {"local": [2]}),
                 _ev(105, "RUNNING", "RESTARTING", "exit code 1; restart 1/1"),
-                _ev(105, "RESTARTING", "RUNNING", "restarted on local:2"),
+                _ev(105, "RESTARTING", "RUNNING", "restarted on local:2", {"local": [2]}),
                 _ev(109, "RUNNING", "SUCCEEDED", "exit code 0")],
         metrics=[_m(104, 30, mse=1.0), _m(108, 10, mse=0.9)])  # the second run began again at step 0
     runs = report.intervals(resumed, now=150)
@@ -186,6 +185,20 @@ def test_report_from_events_and_metrics(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert [j["name"] for j in doc["jobs"]] == ["low", "flaky"] and len(doc["runs"]) == 4
     assert "started over" in (tmp_path / "summary.md").read_text()
+
+
+def test_allocations_come_from_event_data_not_cause_text() -> None:
+    """The cause is display text: the devices are the allocation recorded with the start, else the polled ones."""
+    rec = JobRecord(
+        job=_job(3, "two-nodes", state="RUNNING", end_time=None),
+        events=[_ev(100, "", "PENDING", "submitted"),
+                _ev(101, "PENDING", "RUNNING", "scheduled on local:7", {"b": [1], "a": [0, 3]}),
+                _ev(110, "RUNNING", "PREEMPTED", "preempted"), _ev(110, "PREEMPTED", "PENDING", "requeued"),
+                _ev(120, "PENDING", "RUNNING", "scheduled on local:7")],  # no data: an older service
+        metrics=[], polled_devices=[(119.0, ("x:9",)), (121.0, ("local:4", "local:5"))])
+    runs = report.intervals(rec, now=130)
+    assert [r.devices for r in runs] == [("a:0", "a:3", "b:1"), ("local:4", "local:5")]
+    assert [r.outcome for r in runs] == ["preempted", "running"]
 
 
 def test_metrics_merge_adds_what_the_api_lacks(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from corral.control.app import create_app
+from corral.control.api import create_app
 from corral.control.service import Service, ServiceConfig
 
 

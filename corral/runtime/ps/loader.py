@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from corral.runtime.job import ShardedLoader, _to_device
+from corral.runtime.loader import ShardedLoader, _to_device
 from corral.runtime.partition import EpochPlan
+
+if TYPE_CHECKING:  # pragma: no cover
+    from corral.runtime.ps.strategy import PSStrategy
 
 # Added to a round's counter by a worker asked to stop: every later claim is past the end.
 STOP = 1 << 40
@@ -35,8 +38,13 @@ class PSLoader(ShardedLoader):
     _iterations = 0
 
     @property
+    def _strategy(self) -> PSStrategy:
+        """The job's strategy: this loader is the `ps` strategy's `loader_class`, built for it alone."""
+        return cast("PSStrategy", self.job.strategy)
+
+    @property
     def _dynamic(self) -> bool:
-        return self.job.strategy.consistency.mode == "asp"
+        return self._strategy.consistency.mode == "asp"
 
     def plan(self) -> EpochPlan:
         """asp: the plan of the whole (rest of the) epoch as one sequence; otherwise this rank's shard."""
@@ -64,11 +72,11 @@ class PSLoader(ShardedLoader):
             yield from self._claimed()
             return
         yield from super().__iter__()
-        self.job.strategy.sync_replicas()  # reached only when the epoch ran to its end on this worker
+        self._strategy.sync_replicas()  # reached only when the epoch ran to its end on this worker
 
     def _claimed(self) -> Iterator[Any]:
         job = self.job
-        strategy = job.strategy
+        strategy = self._strategy
         plan = self.plan()
         job._loader = self
         job._straggle_from = time.perf_counter()  # as the Job's loader: straggling excludes the epoch's gap

@@ -23,7 +23,7 @@ from corral.runtime.ps import protocol as proto
 from corral.runtime.ps.consistency import parse_consistency
 from corral.runtime.ps.protocol import Frame, Op
 from corral.runtime.ps.sharding import assign, check_sharding, shards
-from corral.runtime.strategies import Strategy
+from corral.runtime.strategies.base import Strategy
 
 
 def _hparams(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -53,10 +53,8 @@ class _Shard:
     def pack(self) -> None:
         """Copy this step's gradients into the send buffers (a missing gradient counts as zero)."""
         for block, flat in zip(self.blocks, self.tx.blocks):
-            grads = [self.params[pos].grad for pos, _, _ in block.members]
-            if any(g is None for g in grads):
-                grads = [torch.zeros_like(self.params[pos]) if g is None else g
-                         for g, (pos, _, _) in zip(grads, block.members)]
+            grads = [torch.zeros_like(self.params[pos]) if (g := self.params[pos].grad) is None else g
+                     for pos, _, _ in block.members]
             if flat.device == grads[0].device:
                 torch.cat([g.reshape(-1) for g in grads], out=flat)
             else:  # a GPU replica: gather on the device, one copy to the host frame
