@@ -176,6 +176,10 @@ class Scheduler:
             self.skipped_rounds += 1
             log.error("policy %r: invalid decision, round skipped: %s", self.policy.name, exc)
             return
+        except Exception:  # a policy's bug costs one round, never the service
+            self.skipped_rounds += 1
+            log.exception("policy %r: schedule() raised, round skipped", self.policy.name)
+            return
         self._act(decision, current, busy, active, cluster, now)
 
     def _collect(self, now: float) -> None:

@@ -275,3 +275,21 @@ def test_outcome_endings(loop: FakeLoop) -> None:
     loop.round(11)
     outcome = [r for r in loop.executor.runs.values() if r.handle.job_id == j][0].outcome
     assert outcome.ending == Ending.KILLED
+
+
+def test_a_policy_that_raises_costs_one_round(loop: FakeLoop, caplog) -> None:
+    j = loop.submit()
+
+    class Raising:
+        name = "raising"
+
+        def schedule(self, now, jobs, cluster):
+            raise ZeroDivisionError("oops")
+
+    good = loop.sched.policy
+    loop.sched.policy = Raising()
+    loop.round()
+    assert loop.job(j).state == "PENDING" and "policy 'raising': schedule() raised" in caplog.text
+    loop.sched.policy = good
+    loop.round(1)
+    assert loop.job(j).state == "RUNNING"
