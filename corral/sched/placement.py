@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Mapping
+from bisect import insort
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from corral.errors import UserError
@@ -24,14 +25,22 @@ from corral.sched.types import Allocation, ClusterView
 
 
 class FreeDevices:
-    """Free devices per node during one placement call (devices only ever get taken)."""
+    """Free devices per node: taken by a placement call, and given back by `release`.
+
+    One placement call builds one from the cluster; an incremental policy
+    keeps one across rounds instead (claim what starts, release what stops).
+    Each node's free list stays sorted, so the state depends only on which
+    devices are free, never on the order of claims and releases.
+    """
 
     def __init__(self, cluster: ClusterView) -> None:
         self.names = [n.name for n in cluster.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
         self.free = [list(range(n.num_devices)) for n in cluster.nodes]
         self.total = sum(len(f) for f in self.free)
+        self.width = max((len(f) for f in self.free), default=0)
         self._buckets: list[list[int]] | None = None
+        self._pushes = 0
 
     def claim(self, alloc: Allocation) -> bool:
         """Take exactly the devices of `alloc` if all are free; otherwise take none."""
@@ -49,7 +58,30 @@ class FreeDevices:
             for d in devs:
                 free.remove(d)
             self.total -= len(devs)
+            self._moved(i)
         return True
+
+    def release(self, alloc: Allocation) -> None:
+        """Give back the devices of `alloc` (which must be taken)."""
+        for node, devs in alloc.slots:
+            i = self.index[node]
+            free = self.free[i]
+            for d in devs:
+                insort(free, d)
+            self.total += len(devs)
+            self._moved(i)
+
+    def _moved(self, i: int) -> None:
+        # Keep the count buckets (once built) pointing at node i's new count;
+        # the stale entry it leaves behind is skipped by pop_node.
+        buckets = self._buckets
+        if buckets is None:
+            return
+        if len(self.free[i]):
+            heapq.heappush(buckets[len(self.free[i])], i)
+        self._pushes += 1
+        if self._pushes > 4 * len(self.free) + 64:
+            self._buckets = None  # too many stale entries: rebuilt on next use
 
     def claim_subset(self, alloc: Allocation, count: int) -> Allocation | None:
         """Take `count` of the devices of `alloc`, from its fullest nodes first; None if they are not free."""
@@ -72,8 +104,8 @@ class FreeDevices:
     def buckets(self) -> list[list[int]]:
         """Heaps of node indices by free count (index = free devices); lazily built."""
         if self._buckets is None:
-            width = max((len(f) for f in self.free), default=0)
-            self._buckets = [[] for _ in range(width + 1)]
+            self._buckets = [[] for _ in range(self.width + 1)]
+            self._pushes = 0
             for i, f in enumerate(self.free):
                 if f:
                     self._buckets[len(f)].append(i)  # appended in index order: already a heap
@@ -132,11 +164,21 @@ class BasePlacer:
                 placed[job_id] = sub
             else:
                 fresh.append((job_id, count))
-        for job_id, count in fresh:
-            if count > free.total:
+        placed.update(self.place_fresh(free, fresh, state))
+        return {j: placed[j] for j in demands if j in placed}
+
+    def place_fresh(
+        self, free: FreeDevices, demands: Iterable[tuple[str, int]], state: object = None
+    ) -> dict[str, Allocation]:
+        """Place each (job id, count) of `demands`, in order, on devices of `free` (taken); those that do not fit are absent."""
+        if state is None:
+            state = self._new_state()
+        placed: dict[str, Allocation] = {}
+        for job_id, count in demands:
+            if count <= 0 or count > free.total:
                 continue
             placed[job_id] = free.allocation(self._choose(free, count, state))
-        return {j: placed[j] for j in demands if j in placed}
+        return placed
 
     def _new_state(self) -> object:
         """Per-call scratch state (none by default), so one placer may serve concurrent calls."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover - import only for annotations
@@ -31,9 +32,9 @@ class Allocation:
         )
         return cls(tuple((n, d) for n, d in slots if d))
 
-    @property
+    @cached_property
     def num_devices(self) -> int:
-        """Total number of devices held."""
+        """Total number of devices held (computed once: every round asks)."""
         return sum(len(d) for _, d in self.slots)
 
     @property
@@ -100,10 +101,15 @@ class ClusterView:
         """A homogeneous cluster of `num_nodes` x `devices_per_node`."""
         return cls(tuple(Node(f"n{i}", devices_per_node, dict(labels)) for i in range(num_nodes)))
 
-    @property
+    @cached_property
     def total_devices(self) -> int:
-        """Number of devices in the cluster."""
+        """Number of devices in the cluster (computed once)."""
         return sum(n.num_devices for n in self.nodes)
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        """Node name -> number of devices (computed once and shared: do not modify it)."""
+        return {n.name: n.num_devices for n in self.nodes}
 
     def node(self, name: str) -> Node:
         """The node called `name` (KeyError if absent)."""

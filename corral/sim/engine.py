@@ -2,24 +2,33 @@
 
 Events are job arrivals, job completions and scheduling rounds. A round runs
 every `round_s` simulated seconds (on a fixed grid from t = 0) and, when
-`event_rounds` is on, right after any arrival or completion. A round builds a
-JobView for every active job and a ClusterView, calls
-`policy.schedule(now, jobs, cluster)`, validates the Decision and applies the
-difference: jobs that lose all devices are preempted; jobs that start again
-after a preemption, or are resized or migrated, restart and make no progress
-for `restart_overhead_s` seconds.
+`event_rounds` is on, right after any arrival or completion. A round hands
+the policy a JobView of every active job and the ClusterView, checks its
+Decision with `corral.sched.plan.validate`, turns it into actions with
+`plan` (the very steps the live scheduler takes) and applies them: a job
+that is preempted, resized or migrated, or resumes after a preemption,
+restarts and makes no progress for `restart_overhead_s` seconds.
 
-Cost per event is O(1) except rounds, which are O(active jobs): finished jobs
-are never looked at again, pending jobs' views are cached while they wait,
-and a running job's completion time is computed analytically from its work
-model and kept in a heap (entries of superseded allocations are skipped).
+Cost per event is O(1); a round costs what changed, plus whatever the policy
+does with the views:
 
-Every Decision is checked (known active jobs, devices that exist, no device
-twice, counts within [min_gpus, max_gpus]) and a violation raises
-InvalidDecision. A job whose min_gpus exceeds the cluster is recorded as
-unschedulable at arrival. The run ends when no job is active and none is
-left to arrive, or after `stall_rounds` rounds in which no job computed and
-none could arrive (a policy that never schedules), or at `max_time`.
+- a job's service, run time and progress are computed from the last change
+  of its allocation (piecewise linear), never integrated round by round, so
+  a view may be built at any time and gives the same values;
+- views are kept between rounds: a waiting job's never changes, and a
+  running job's is rebuilt only when the policy asks for it
+  (`policy.refresh_by`, e.g. never for FIFO, when a queue may change for
+  Tiresias) or when its fitted throughput model changes;
+- the Decision is validated against what every job holds now (only changed
+  allocations are checked), and only changed jobs get actions;
+- a running job's completion time is computed analytically from its work
+  model and kept in a heap (entries of superseded allocations are skipped).
+
+A violation of the scheduling contract raises InvalidDecision. A job whose
+min_gpus exceeds the cluster is recorded as unschedulable at arrival. The
+run ends when no job is active and none is left to arrive, or after
+`stall_rounds` rounds in which no job computed and none could arrive (a
+policy that never schedules), or at `max_time`.
 """
 
 from __future__ import annotations
@@ -33,9 +42,10 @@ from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
-from corral.sched.types import EMPTY, Allocation, ClusterView, Decision, JobView, Policy
-from corral.sim.result import InvalidDecision, JobResult, JobStatus, SimConfig, SimProgress, SimResult
-from corral.sim.traces import TraceJob
+from corral.sched.plan import InvalidDecision, Migrate, Preempt, Resize, Start, plan, validate
+from corral.sched.types import EMPTY, Allocation, ClusterView, JobView, Policy
+from corral.sim.result import JobResult, JobStatus, SimConfig, SimProgress, SimResult
+from corral.sim.tracejob import TraceJob
 from corral.sim.work import Packing, WorkModel, build_work
 
 __all__ = ["InvalidDecision", "JobResult", "JobStatus", "SimConfig", "SimProgress", "SimResult", "Simulator",
@@ -46,12 +56,18 @@ _NO_EXTRA: Any = MappingProxyType({})
 
 
 class _Job:
-    """Mutable state of one job inside the engine."""
+    """Mutable state of one job inside the engine.
+
+    `attained` and `run_time` hold at time `last` (the last change of the
+    allocation); `done` holds at `t_done` (moved on only over the ends of the
+    work model's segments). Values at a later time follow in closed form, so
+    they do not depend on when they are read.
+    """
 
     __slots__ = (
-        "tj", "work", "total", "alloc", "n", "done", "rate", "seg_end", "last", "busy_until",
+        "tj", "work", "total", "alloc", "n", "done", "t_done", "rate", "seg_end", "last", "busy_until",
         "attained", "run_time", "restarts", "preemptions", "first_start", "finish", "version",
-        "view", "static", "status", "live",
+        "static", "status", "live",
     )
 
     def __init__(self, tj: TraceJob, work: WorkModel) -> None:
@@ -61,6 +77,7 @@ class _Job:
         self.alloc: Allocation = EMPTY
         self.n = 0
         self.done = 0.0
+        self.t_done = tj.submit_time
         self.rate = 0.0
         self.seg_end = 0.0
         self.last = tj.submit_time
@@ -72,7 +89,6 @@ class _Job:
         self.first_start: float | None = None
         self.finish: float | None = None
         self.version = 0
-        self.view: JobView | None = None
         self.static: dict[str, Any] = {
             "id": tj.id, "user": tj.user, "priority": tj.priority, "submit_time": tj.submit_time,
             "min_gpus": tj.min_gpus, "max_gpus": tj.max_gpus, "gpus": tj.gpus,
@@ -84,31 +100,40 @@ class _Job:
         if self.live:
             self.static["max_gpus"] = work.max_gpus_now()
 
-    def advance(self, t: float) -> None:
-        """Integrate progress and service from `self.last` to `t` under the current allocation."""
-        last = self.last
-        if t <= last:
+    def done_at(self, t: float) -> float:
+        """Work done by `t` under the current allocation."""
+        if not self.n:
+            return self.done
+        s = self.t_done if self.busy_until <= self.t_done else self.busy_until
+        if t <= s:
+            return self.done
+        while True:
+            if self.done >= self.seg_end:
+                self.rate, self.seg_end = self.work.rate(self.alloc, self.done)
+            need = (self.seg_end - self.done) / self.rate
+            if s + need > t:
+                return self.done + self.rate * (t - s)
+            if self.seg_end >= self.total:
+                return self.total
+            # The segment ends before t: move the progress anchor to its end (the
+            # same point whenever it is read).
+            s += need
+            self.done, self.t_done = self.seg_end, s
+
+    def commit(self, t: float) -> None:
+        """Bring the state to time `t` (before the allocation changes or the job ends)."""
+        if t <= self.last:
             return
         if self.n:
-            dt = t - last
+            self.done = self.done_at(t)
+            dt = t - self.last
             self.attained += dt * self.n
             self.run_time += dt
-            s = last if self.busy_until <= last else min(self.busy_until, t)
-            while s < t and self.done < self.total:
-                if self.done >= self.seg_end:
-                    self.rate, self.seg_end = self.work.rate(self.alloc, self.done)
-                need = (self.seg_end - self.done) / self.rate
-                if s + need <= t:
-                    self.done = self.seg_end
-                    s += need
-                else:
-                    self.done += self.rate * (t - s)
-                    s = t
-        self.last = t
+        self.t_done = self.last = t
 
     def finish_at(self) -> float:
         """Simulated time at which the job completes if its allocation does not change."""
-        t = max(self.last, self.busy_until)
+        t = max(self.t_done, self.busy_until)
         done, rate, seg_end = self.done, self.rate, self.seg_end
         while True:
             if done >= seg_end:
@@ -119,17 +144,25 @@ class _Job:
             done = seg_end
 
 
-def _make_view(job: _Job) -> JobView:
+def _dynamic(job: _Job, now: float) -> tuple[float, float, float]:
+    """(attained service, run time, progress) of `job` at `now`."""
+    if job.n and now > job.last:
+        dt = now - job.last
+        done = job.done_at(now)
+        attained, run_time = job.attained + dt * job.n, job.run_time + dt
+    else:
+        attained, run_time, done = job.attained, job.run_time, job.done
+    return attained, run_time, (min(1.0, done / job.total) if job.total > 0 else 1.0)
+
+
+def _make_view(job: _Job, now: float) -> JobView:
     # JobView is a frozen dataclass; filling its __dict__ directly skips the
-    # per-field object.__setattr__ calls of its __init__, which dominate a
-    # round with hundreds of running jobs. Same fields, same values.
+    # per-field object.__setattr__ calls of its __init__. Same fields, same values.
     v = object.__new__(JobView)
     d = v.__dict__
     d.update(job.static)
-    d["attained_service"] = job.attained
-    d["progress"] = min(1.0, job.done / job.total) if job.total > 0 else 1.0
+    d["attained_service"], d["run_time"], d["progress"] = _dynamic(job, now)
     d["allocation"] = job.alloc
-    d["run_time"] = job.run_time
     d["restarts"] = job.restarts
     return v
 
@@ -140,15 +173,14 @@ _SET_FIELDS = {"id", "user", "priority", "submit_time", "min_gpus", "max_gpus", 
                "restarts"}
 if _VIEW_FIELDS != _SET_FIELDS or hasattr(JobView, "__slots__"):  # pragma: no cover - types.py changed
 
-    def _make_view(job: _Job) -> JobView:  # noqa: F811 - the portable path
-        return JobView(
-            **job.static,
-            attained_service=job.attained,
-            progress=min(1.0, job.done / job.total) if job.total > 0 else 1.0,
-            allocation=job.alloc,
-            run_time=job.run_time,
-            restarts=job.restarts,
-        )
+    def _make_view(job: _Job, now: float) -> JobView:  # noqa: F811 - the portable path
+        attained, run_time, progress = _dynamic(job, now)
+        return JobView(**job.static, attained_service=attained, run_time=run_time, progress=progress,
+                       allocation=job.alloc, restarts=job.restarts)
+
+
+def _every_round(now: float, view: JobView) -> float:
+    return now
 
 
 class Simulator:
@@ -178,10 +210,16 @@ class Simulator:
         order = sorted(range(len(jobs)), key=lambda i: (jobs[i].submit_time, i))
         self.jobs = [_Job(jobs[i], build_work(jobs[i], packing, penalty)) for i in order]
         self.capacity = cluster.total_devices
-        self.node_size = {n.name: n.num_devices for n in cluster.nodes}
         self.occupied: dict[str, set[int]] = {n.name: set() for n in cluster.nodes}
         self.active: dict[str, _Job] = {}  # insertion order = arrival order
         self.running: dict[str, _Job] = {}
+        self.holding: dict[str, Allocation] = {}  # job id -> what it holds now (running jobs)
+        self.views: dict[str, JobView] = {}  # active job id -> its view, in arrival order
+        self.dirty: dict[str, _Job] = {}  # jobs whose view is rebuilt at the next round
+        self.every: dict[str, _Job] = {}  # running jobs whose view is rebuilt every round
+        self.stale: list[tuple[float, int, int, _Job]] = []  # (refresh time, seq, version, job)
+        refresh_by = getattr(policy, "refresh_by", None)
+        self.refresh_by: Callable[[float, JobView], float] = refresh_by if callable(refresh_by) else _every_round
         self.heap: list[tuple[float, int, int, _Job]] = []
         self.seq = 0
         self.used = 0
@@ -247,7 +285,7 @@ class Simulator:
                 self.on_progress(SimProgress(t, self.finished, n))
         end = self.now
         for job in self.active.values():
-            job.advance(end)
+            job.commit(end)
         if self.on_progress is not None:
             self.on_progress(SimProgress(end, self.finished, n))
         return SimResult(
@@ -273,27 +311,32 @@ class Simulator:
         if job.tj.min_gpus > self.capacity:
             job.status = JobStatus.UNSCHEDULABLE
             return False
-        job.last = t
-        self.active[job.tj.id] = job
+        job.last = job.t_done = t
+        jid = job.tj.id
+        self.active[jid] = job
+        self.views[jid] = _make_view(job, t)  # a waiting job's view holds until it starts
         return True
 
     def _complete(self, job: _Job, t: float) -> None:
         self.events += 1
-        job.advance(t)
+        job.commit(t)
         job.done = job.total
         job.finish = t
         job.status = JobStatus.FINISHED
         job.version += 1
-        self._release(job)
-        del self.active[job.tj.id]
-        del self.running[job.tj.id]
+        self._release(job.alloc)
+        jid = job.tj.id
+        for table in (self.active, self.running, self.holding, self.views):
+            del table[jid]
+        self.dirty.pop(jid, None)
+        self.every.pop(jid, None)
         self.used -= job.n
-        job.alloc, job.n, job.view = EMPTY, 0, None
+        job.alloc, job.n = EMPTY, 0
         self.finished += 1
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, alloc: Allocation) -> None:
         occ = self.occupied
-        for node, devs in job.alloc.slots:
+        for node, devs in alloc.slots:
             occ[node].difference_update(devs)
 
     def _sample(self, t: float) -> None:
@@ -311,82 +354,71 @@ class Simulator:
 
     def _round(self, now: float) -> None:
         self.rounds += 1
-        views = []
-        for job in self.active.values():
-            if job.n:
-                job.advance(now)
-                if job.live:
-                    # Application jobs report their step time; the fitted model and
-                    # the exploration limit change as they run.
-                    job.static["throughput"] = job.work.throughput_model(job.alloc, job.done)
-                    job.static["max_gpus"] = job.work.max_gpus_now()
-                views.append(_make_view(job))
+        self._refresh(now)
+        try:
+            decision = self.policy.schedule(now, list(self.views.values()), self.cluster)
+            changed = validate(decision, self.views, self.cluster, previous=self.holding, held=self.occupied)
+        except InvalidDecision as exc:
+            raise self._fail(now, str(exc)) from None
+        if not changed:
+            return
+        actions = plan(decision, self.holding, keeps=False, changed=changed)
+        # Free what stopping jobs held, then claim what jobs get, so that devices
+        # can move between jobs within one decision.
+        for action in actions:
+            if isinstance(action, (Preempt, Resize, Migrate)):
+                self._release(action.old)
+        active = self.active
+        for action in actions:
+            job = active[action.job_id]
+            if isinstance(action, Preempt):
+                self._reallocate(job, EMPTY, now)
+            elif isinstance(action, (Start, Resize, Migrate)):
+                self._reallocate(job, action.new, now)
+
+    def _refresh(self, now: float) -> None:
+        """Rebuild the views that are out of date: changed jobs, live jobs, and those the policy asks for."""
+        views, refresh_by = self.views, self.refresh_by
+        due = self.dirty
+        self.dirty = {}
+        due.update(self.every)
+        stale = self.stale
+        while stale and stale[0][0] <= now:
+            _, _, version, job = heapq.heappop(stale)
+            if job.version == version and job.n:
+                due[job.tj.id] = job
+        for job in due.values():
+            jid = job.tj.id
+            if job.live and job.n:
+                # Application jobs report their step time; the fitted model and
+                # the exploration limit change as they run.
+                job.static["throughput"] = job.work.throughput_model(job.alloc, job.done_at(now))
+                job.static["max_gpus"] = job.work.max_gpus_now()
+            view = views[jid] = _make_view(job, now)
+            if not job.n:
+                self.every.pop(jid, None)
+                continue
+            until = refresh_by(now, view)
+            if job.live or not until > now:
+                self.every[jid] = job
             else:
-                v = job.view
-                if v is None:
-                    v = job.view = _make_view(job)
-                views.append(v)
-        decision = self.policy.schedule(now, views, self.cluster)
-        self._apply(decision, now)
+                self.every.pop(jid, None)
+                if until < INF:
+                    self.seq += 1
+                    heapq.heappush(stale, (until, self.seq, job.version, job))
 
     def _fail(self, now: float, what: str) -> InvalidDecision:
         name = getattr(self.policy, "name", type(self.policy).__name__)
         return InvalidDecision(f"policy {name!r} at t={now:g}s: {what}")
 
-    def _apply(self, decision: Decision, now: float) -> None:
-        if not isinstance(decision, Decision):
-            raise self._fail(now, f"schedule() returned {type(decision).__name__}, expected Decision")
-        allocs = decision.allocations
-        active = self.active
-        changed: list[tuple[_Job, Allocation]] = []
-        for jid, alloc in allocs.items():
-            job = active.get(jid)
-            if job is None:
-                raise self._fail(now, f"allocation for unknown or inactive job {jid!r}")
-            if alloc is job.alloc:
-                continue
-            if not isinstance(alloc, Allocation):
-                raise self._fail(now, f"job {jid!r}: expected an Allocation, got {type(alloc).__name__}")
-            if alloc == job.alloc:
-                continue
-            if alloc:
-                k = alloc.num_devices
-                if not job.tj.min_gpus <= k <= job.tj.max_gpus:
-                    raise self._fail(
-                        now, f"job {jid!r} got {k} devices, outside [{job.tj.min_gpus}, {job.tj.max_gpus}]"
-                    )
-            changed.append((job, alloc))
-        for jid, job in self.running.items():
-            if jid not in allocs:
-                changed.append((job, EMPTY))
-        if not changed:
-            return
-        # Free what changed jobs held, then claim what they get, so that devices
-        # can move between jobs within one decision.
-        for job, _ in changed:
-            self._release(job)
-        occ, sizes = self.occupied, self.node_size
-        for job, alloc in changed:
-            for node, devs in alloc.slots:
-                held = occ.get(node)
-                if held is None:
-                    raise self._fail(now, f"job {job.tj.id!r}: unknown node {node!r}")
-                size = sizes[node]
-                for d in devs:
-                    if not 0 <= d < size:
-                        raise self._fail(now, f"job {job.tj.id!r}: node {node!r} has no device {d}")
-                    if d in held:
-                        raise self._fail(now, f"device {d} of node {node!r} given twice (job {job.tj.id!r})")
-                    held.add(d)
-        for job, alloc in changed:
-            self._reallocate(job, alloc, now)
-
     def _reallocate(self, job: _Job, alloc: Allocation, now: float) -> None:
-        job.advance(now)
-        old = job.alloc
+        job.commit(now)
         jid = job.tj.id
+        occ = self.occupied
+        for node, devs in alloc.slots:
+            occ[node].update(devs)
         if alloc:
-            if old or job.first_start is not None:
+            if job.alloc or job.first_start is not None:
                 # Resized, migrated, or resumed after a preemption: restart from a checkpoint.
                 job.restarts += 1
                 job.busy_until = now + self.config.restart_overhead_s
@@ -394,17 +426,22 @@ class Simulator:
                 job.first_start = now
                 job.busy_until = now + (self.config.restart_overhead_s if self.config.start_overhead else 0.0)
             self.running[jid] = job
+            self.holding[jid] = alloc
         else:
             job.preemptions += 1
             del self.running[jid]
+            del self.holding[jid]
         self.used += alloc.num_devices - job.n
         job.alloc, job.n = alloc, alloc.num_devices
-        job.view = None
         job.version += 1
+        self.every.pop(jid, None)
         if alloc:
             job.rate, job.seg_end = job.work.rate(alloc, job.done)
             self.seq += 1
             heapq.heappush(self.heap, (job.finish_at(), self.seq, job.version, job))
+            self.dirty[jid] = job  # its view moves on from now: built at the next round
+        else:
+            self.views[jid] = _make_view(job, now)  # waiting: holds until it starts again
 
     def _result(self, job: _Job) -> JobResult:
         tj = job.tj

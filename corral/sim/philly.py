@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from corral.errors import UserError
-from corral.sim.traces import TraceJob, parse_timestamp
-from corral.sim.tracecsv import csv_rows, open_text, parse_float, parse_int, where
+from corral.sim.tracecsv import csv_rows, open_text, parse_float, parse_int, parse_timestamp, where
+from corral.sim.tracejob import TraceJob
 
 DAY_S = 86400.0
 

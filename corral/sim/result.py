@@ -6,9 +6,9 @@ import enum
 from array import array
 from dataclasses import dataclass, field
 
+from corral.sched.plan import InvalidDecision  # re-exported: the one definition lives beside validate()
 
-class InvalidDecision(RuntimeError):
-    """A policy returned a Decision that breaks the scheduling contract (a bug in the policy)."""
+__all__ = ["InvalidDecision", "JobResult", "JobStatus", "SimConfig", "SimProgress", "SimResult"]
 
 
 class JobStatus(enum.Enum):

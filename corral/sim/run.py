@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from corral.errors import UserError
 from corral.sched.types import ClusterView, Policy
 from corral.sim.engine import SimConfig, SimProgress, SimResult, simulate
-from corral.sim.traces import TraceJob
+from corral.sim.tracejob import TraceJob
 
 _CLUSTER = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from corral.sim.traces import TraceJob
+from corral.sim.tracejob import TraceJob
 
 # GPU demands and their probabilities, shaped like Philly (93% of its jobs use
 # one GPU; multi-GPU jobs carry most of the GPU time), a little heavier so that

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from corral.errors import UserError
@@ -72,3 +73,11 @@ def parse_float(text: str, at: str, *, positive: bool = False) -> float:
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise UserError(f"{at}: expected {what}, got {text!r}")
     return value
+
+
+def parse_timestamp(text: str, at: str) -> float:
+    """A 'YYYY-mm-dd HH:MM:SS' timestamp as POSIX seconds (UTC)."""
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        raise UserError(f"{at}: expected a timestamp like 2017-10-09 07:01:55, got {text!r}") from None

@@ -25,47 +25,21 @@ Generic CSV (header required, columns in any order, the last four optional)::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from corral.errors import UserError
-from corral.sim.profiles import ApplicationProfile, load_profile
-from corral.sim.tracecsv import csv_rows, open_text, parse_float, parse_int, where
+from corral.sim.profiles import load_profile
+from corral.sim.tracecsv import csv_rows, open_text, parse_float, parse_int, parse_timestamp, where
+from corral.sim.tracejob import TraceJob
+
+__all__ = ["SPEC_HELP", "TraceJob", "default_traces_dir", "load_file", "load_gavel", "load_generic_csv",
+           "load_pollux_workload", "load_trace", "parse_timestamp"]
 
 GENERIC_COLUMNS = ("id", "submit_time", "duration", "gpus", "min_gpus", "max_gpus", "priority", "user")
 GENERIC_REQUIRED = GENERIC_COLUMNS[:4]
 POLLUX_COLUMNS = ("name", "time", "application", "num_replicas", "batch_size")
 PHILLY_COLUMNS = ("timestamp", "duration", "num_gpus")
 SPEC_HELP = "a file path, synthetic:N[:seed], philly:N[:seed], pollux:workload-N or gavel:NAME"
-
-
-@dataclass(frozen=True, slots=True)
-class TraceJob:
-    """One job of a trace: when it arrives, what it asks for, and how much work it is."""
-
-    id: str
-    submit_time: float
-    gpus: int  # devices requested (what a rigid policy gives it)
-    duration: float | None = None  # seconds alone on `gpus` packed devices; None when `profile` decides
-    min_gpus: int | None = None  # None: same as gpus
-    max_gpus: int | None = None  # None: same as gpus
-    priority: int = 0
-    user: str = "default"
-    application: str | None = None  # Pollux application name, when the job has a profile
-    batch_size: int | None = None  # total batch the user asked for (Pollux jobs)
-    profile: ApplicationProfile | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.min_gpus is None:
-            object.__setattr__(self, "min_gpus", self.gpus)
-        if self.max_gpus is None:
-            object.__setattr__(self, "max_gpus", self.gpus)
-        if not 1 <= self.min_gpus <= self.gpus <= self.max_gpus:
-            raise ValueError(f"job {self.id}: need 1 <= min_gpus <= gpus <= max_gpus, got "
-                             f"{self.min_gpus}, {self.gpus}, {self.max_gpus}")
-        if self.profile is None and not (self.duration is not None and self.duration > 0):
-            raise ValueError(f"job {self.id}: a positive duration or an application profile is required")
 
 
 def default_traces_dir() -> Path:
@@ -265,12 +239,3 @@ def _count_seed(spec: str, rest: str) -> tuple[int, int]:
     if not 1 <= len(parts) <= 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) < 1:
         raise UserError(f"trace {spec!r}: expected {spec.split(':')[0]}:N[:seed] with N >= 1 and seed >= 0")
     return int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
-
-
-def parse_timestamp(text: str, at: str) -> float:
-    """A 'YYYY-mm-dd HH:MM:SS' timestamp as POSIX seconds (UTC)."""
-    try:
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        raise UserError(f"{at}: expected a timestamp like 2017-10-09 07:01:55, got {text!r}") from None
-

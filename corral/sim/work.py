@@ -24,7 +24,7 @@ from typing import Protocol
 from corral.sched.goodput import GoodputModel, ThroughputParams, fit_throughput
 from corral.sched.types import Allocation, ClusterView
 from corral.sim.profiles import BatchConfig
-from corral.sim.traces import TraceJob
+from corral.sim.tracejob import TraceJob
 
 
 class WorkModel(Protocol):

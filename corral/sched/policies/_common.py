@@ -15,11 +15,15 @@ Why a job waits (Decision.reasons), as in squeue's reason column:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import compress
+from operator import attrgetter, is_not
 from typing import ClassVar
 
 from corral.errors import UserError
-from corral.sched.placement import BasePlacer, get_placer
+from corral.sched.placement import BasePlacer, FreeDevices, PackPlacer, get_placer
+from corral.sched.plan import check_allocation
 from corral.sched.types import (
+    EMPTY,
     REASON_PRIORITY,
     REASON_RESOURCES,
     REASON_UNSCHEDULABLE,
@@ -34,24 +38,15 @@ Counts = dict[str, int]  # job id -> devices, in the policy's order
 Reasons = dict[str, str]  # job id -> why it waits
 
 
-def node_sizes(cluster: ClusterView) -> dict[str, int]:
-    """Node name -> number of devices."""
-    return {n.name: n.num_devices for n in cluster.nodes}
+def node_sizes(cluster: ClusterView) -> Mapping[str, int]:
+    """Node name -> number of devices (the cluster's cached mapping: read it, do not modify it)."""
+    return cluster.sizes
 
 
 def holds_valid(job: JobView, sizes: Mapping[str, int]) -> bool:
-    """True when `job` holds devices that exist, a count within [min_gpus, max_gpus]."""
+    """True when `job` holds an allocation validate() accepts: devices that exist, a count within [min_gpus, max_gpus]."""
     alloc = job.allocation
-    if not alloc:
-        return False
-    count = alloc.num_devices
-    if count < max(job.min_gpus, 1) or count > job.max_gpus:
-        return False
-    for node, devs in alloc.slots:
-        size = sizes.get(node)
-        if size is None or not devs or min(devs) < 0 or max(devs) >= size:
-            return False
-    return True
+    return bool(alloc) and check_allocation(job, alloc, sizes) is None
 
 
 def schedulable(job: JobView, total: int) -> bool:
@@ -223,6 +218,18 @@ class BasePolicy:
         counts, reasons = self.counts(now, jobs, cluster)
         return place(counts, reasons, jobs, cluster, self.placer)
 
+    def refresh_by(self, now: float, job: JobView) -> float:
+        """Until when a caller may pass this view of a running `job` (built at `now`) again instead of a fresh one.
+
+        A fresh view differs in the fields that move while a job runs on the
+        same allocation (attained_service, run_time, progress). In any round
+        before the returned time this policy decides from the reused view
+        exactly what it would decide from a fresh one. The default, `now`,
+        means: build it afresh every round. The simulator uses this to skip
+        rebuilding views the policy does not look at.
+        """
+        return now
+
     def __repr__(self) -> str:
         placer = self.placer.name if isinstance(self.placer, BasePlacer) else repr(self.placer)
         return f"{type(self).__name__}(placer={placer!r})"
@@ -251,3 +258,188 @@ def place(
     for job_id in placed:
         reasons.pop(job_id, None)
     return Decision(allocations=placed, reasons=reasons)
+
+
+# -- incremental rounds ----------------------------------------------------------
+
+KEEP = 0  # holds a valid allocation the policy keeps as it is (counts toward the demand)
+PIN = 1  # holds a valid allocation it keeps whatever happens (not preemptible)
+WAIT = 2  # holds nothing: a candidate for a fresh placement
+UNSCHED = 3  # holds nothing and can never fit
+ODD = 4  # anything else: the incremental path does not handle it
+
+
+_job_id = attrgetter("id")
+
+
+class RoundMemo:
+    """What an IncrementalPolicy remembers of its last round.
+
+    Invariant between rounds: for every job whose view was in the last round
+    and is not in `moved`, `kind[id]` is the class of that view, and a KEEP or
+    PIN job's allocation is `allocs[id]`, taken in `free`; no other such job is
+    in `allocs`. `allocs` is the last decision's allocations and `free` the
+    cluster less all of them; `moved` lists the jobs the last decision changed
+    (their next view must differ, or the decision was not applied).
+    """
+
+    __slots__ = ("cluster", "views", "allocs", "moved", "free", "kind", "count", "sums", "members", "waiting")
+
+    def __init__(self, cluster: ClusterView) -> None:
+        self.cluster = cluster
+        self.views: dict[str, JobView] = {}
+        self.allocs: dict[str, Allocation] = {}
+        self.moved: list[str] = []
+        self.free = FreeDevices(cluster)
+        self.kind: dict[str, int] = {}
+        self.count: dict[str, int] = {}
+        self.sums = [0] * 5  # per kind: sum of counts
+        self.members = [0] * 5  # per kind: number of jobs
+        self.waiting: dict[str, JobView] = {}  # WAIT and UNSCHED jobs
+
+    def add(self, job: JobView, kind: int, count: int) -> None:
+        """Record `job`'s class."""
+        self.kind[job.id] = kind
+        self.count[job.id] = count
+        self.sums[kind] += count
+        self.members[kind] += 1
+        if kind == WAIT or kind == UNSCHED:
+            self.waiting[job.id] = job
+
+    def drop(self, job_id: str) -> None:
+        """Forget `job_id`'s class (if recorded)."""
+        kind = self.kind.pop(job_id, None)
+        if kind is not None:
+            self.sums[kind] -= self.count.pop(job_id)
+            self.members[kind] -= 1
+            if kind == WAIT or kind == UNSCHED:
+                del self.waiting[job_id]
+
+
+class IncrementalPolicy(BasePolicy):
+    """A BasePolicy whose round reuses the last round's work when few jobs changed.
+
+    Views are compared by identity: a view that is the very object of the last
+    round is unchanged (views are immutable). When the changes are few and
+    every job falls in a class the subclass handles, `decide` answers from the
+    remembered state (the classes of the jobs and the free devices after the
+    last decision) in time proportional to the changes and the waiting jobs;
+    otherwise the full `counts` + `place` path runs. Both give the same
+    Decision: tests/sched/test_incremental.py checks it on random rounds.
+    Only the pack placer keeps its state across rounds.
+    """
+
+    def __init__(self, placer: Placer | str = "pack") -> None:
+        super().__init__(placer)
+        # The memo, when there is one, as a one-item list: a round takes it with one
+        # atomic pop, so concurrent rounds on one instance never share it.
+        self._memo: list[RoundMemo] = []
+        self._misses = 0  # incremental rounds that fell back in a row
+        self._skip = 0  # rounds left before the next try (remembering costs a full pass)
+
+    def classify(self, job: JobView, total: int, sizes: Mapping[str, int]) -> tuple[int, int]:
+        """(class, count) of `job`: KEEP/PIN with the devices held, WAIT with the count it would get, UNSCHED, ODD."""
+        raise NotImplementedError
+
+    def decide(self, now: float, memo: RoundMemo, total: int) -> tuple[list[tuple[str, int]], Reasons] | None:
+        """(fresh placements in placement order, reasons) given that KEEP and PIN jobs keep their devices; None: use the full path."""
+        raise NotImplementedError
+
+    def schedule(self, now: float, jobs: Sequence[JobView], cluster: ClusterView) -> Decision:
+        """Decide every active job's allocation for the next round (incrementally when that is safe)."""
+        try:
+            memo: RoundMemo | None = self._memo.pop()
+        except IndexError:
+            memo = None
+        if memo is not None and memo.cluster is cluster:
+            decision = self._incremental(now, jobs, cluster, memo)
+            if decision is not None:
+                self._misses = 0
+                self._memo = [memo]
+                return decision
+            self._misses += 1
+        decision = super().schedule(now, jobs, cluster)
+        if self._skip > 0:
+            self._skip -= 1
+        else:
+            # After repeated misses (most jobs change every round), remember only now and then.
+            self._skip = min(64, (1 << self._misses) - 1) if self._misses > 1 else 0
+            fresh = self._remember(jobs, cluster, decision)
+            self._memo = [fresh] if fresh is not None else []
+        return decision
+
+    def _remember(self, jobs: Sequence[JobView], cluster: ClusterView, decision: Decision) -> RoundMemo | None:
+        if type(self.placer) is not PackPlacer:
+            return None
+        memo = RoundMemo(cluster)
+        views = memo.views = {v.id: v for v in jobs}
+        if len(views) != len(jobs):
+            return None
+        free, allocs = memo.free, memo.allocs
+        for job_id, alloc in decision.allocations.items():
+            if not free.claim(alloc):
+                return None
+            allocs[job_id] = alloc
+        total, sizes = cluster.total_devices, cluster.sizes
+        for v in jobs:
+            memo.add(v, *self.classify(v, total, sizes))
+            new = allocs.get(v.id, EMPTY)
+            if new is not v.allocation and new != v.allocation:
+                memo.moved.append(v.id)
+        return memo
+
+    def _incremental(self, now: float, jobs: Sequence[JobView], cluster: ClusterView, memo: RoundMemo) -> Decision | None:
+        before = memo.views
+        # Whole-list passes run in C (map, zip, compress): a round with a few
+        # changes among hundreds of jobs costs microseconds here.
+        ids = list(map(_job_id, jobs))
+        new = dict(zip(ids, jobs))
+        if len(new) != len(jobs):
+            return None
+        get = before.get
+        for job_id in memo.moved:
+            if new.get(job_id) is get(job_id):
+                return None  # the last decision was not applied to this job
+        changed = list(compress(jobs, map(is_not, map(get, ids), jobs)))
+        removed = before.keys() - new.keys()
+        if len(changed) + len(removed) > max(32, len(jobs) // 4):
+            return None
+        # From here on the memo is updated: a way out with None drops it.
+        free, allocs = memo.free, memo.allocs
+        for job_id in removed:
+            memo.drop(job_id)
+            old = allocs.pop(job_id, None)
+            if old is not None:
+                free.release(old)
+        for v in changed:
+            memo.drop(v.id)
+            old = allocs.pop(v.id, None)
+            if old is not None:
+                free.release(old)
+        total, sizes = cluster.total_devices, cluster.sizes
+        classify = self.classify
+        for v in changed:
+            kind, count = classify(v, total, sizes)
+            memo.add(v, kind, count)
+            if kind == KEEP or kind == PIN:
+                if not free.claim(v.allocation):
+                    return None
+                allocs[v.id] = v.allocation
+        memo.views = new
+        memo.moved = []
+        if memo.members[ODD]:
+            return None
+        answer = self.decide(now, memo, total)
+        if answer is None:
+            return None
+        fresh, reasons = answer
+        assert isinstance(self.placer, PackPlacer)
+        placed = self.placer.place_fresh(free, fresh)
+        for job_id, _ in fresh:
+            if job_id in placed:
+                reasons.pop(job_id, None)
+            else:
+                reasons.setdefault(job_id, REASON_RESOURCES)
+        allocs.update(placed)
+        memo.moved = list(placed)
+        return Decision(allocations=dict(allocs), reasons=reasons)

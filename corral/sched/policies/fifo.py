@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
-from corral.sched.policies._common import BasePolicy, Counts, Reasons, fill_in_order, node_sizes, split_running
+from corral.sched.policies._common import (
+    KEEP,
+    ODD,
+    WAIT,
+    Counts,
+    IncrementalPolicy,
+    Reasons,
+    RoundMemo,
+    fill_in_order,
+    holds_valid,
+    node_sizes,
+    split_running,
+)
 from corral.sched.types import ClusterView, JobView
 
 
@@ -13,8 +26,13 @@ def fifo_key(job: JobView) -> tuple[float, str]:
     return (job.submit_time, job.id)
 
 
-class FifoPolicy(BasePolicy):
-    """Strict head-of-line FIFO, non-preemptive: running jobs keep their devices."""
+class FifoPolicy(IncrementalPolicy):
+    """Strict head-of-line FIFO, non-preemptive: running jobs keep their devices.
+
+    A round only starts waiting jobs, so it is incremental: running jobs are
+    remembered with their devices, and a round costs the changes plus the
+    waiting jobs (see IncrementalPolicy).
+    """
 
     name = "fifo"
 
@@ -27,3 +45,22 @@ class FifoPolicy(BasePolicy):
         capacity = total - sum(counts.values())
         fill_in_order(sorted(waiting, key=fifo_key), capacity, counts, reasons, total=total, blocking=True)
         return counts, reasons
+
+    def refresh_by(self, now: float, job: JobView) -> float:
+        """Never: FIFO reads no field that moves while a job runs (service, run time, progress)."""
+        return math.inf
+
+    def classify(self, job: JobView, total: int, sizes: Mapping[str, int]) -> tuple[int, int]:
+        """Running with a valid allocation: KEEP its devices; holding nothing: WAIT."""
+        if job.allocation:
+            return (KEEP, job.allocation.num_devices) if holds_valid(job, sizes) else (ODD, 0)
+        return WAIT, 0
+
+    def decide(self, now: float, memo: RoundMemo, total: int) -> tuple[list[tuple[str, int]], Reasons] | None:
+        """`counts` for the waiting jobs on the devices the running ones leave."""
+        counts: Counts = {}
+        reasons: Reasons = {}
+        waiting = sorted(memo.waiting.values(), key=fifo_key)
+        fill_in_order(waiting, total - memo.sums[KEEP], counts, reasons, total=total, blocking=True)
+        # Largest first, FIFO among equals: the order `place` gives fresh demands.
+        return sorted(counts.items(), key=lambda kv: -kv[1]), reasons

@@ -13,29 +13,46 @@ spent running; once the promoted job has run long enough it drops back.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 from corral.errors import UserError
 from corral.sched.policies._common import (
-    BasePolicy,
+    KEEP,
+    ODD,
+    PIN,
+    UNSCHED,
+    WAIT,
     Counts,
+    IncrementalPolicy,
     Reasons,
+    RoundMemo,
     fill_in_order,
+    holds_valid,
     node_sizes,
+    rigid_count,
     running_first,
+    schedulable,
     split_running,
 )
-from corral.sched.types import ClusterView, JobView, Placer
+from corral.sched.types import REASON_UNSCHEDULABLE, ClusterView, JobView, Placer
 
 # One and ten GPU-hours: short jobs finish in queue 0, long ones sink.
 DEFAULT_THRESHOLDS = (3600.0, 36000.0)
 DEFAULT_STARVATION_FACTOR = 10.0
 
 
-class TiresiasPolicy(BasePolicy):
-    """Discretised 2D-LAS with FIFO inside each queue, preemptive, with starvation promotion."""
+class TiresiasPolicy(IncrementalPolicy):
+    """Discretised 2D-LAS with FIFO inside each queue, preemptive, with starvation promotion.
+
+    When every job's request fits, the order does not matter: every job gets
+    its count, running jobs stay where they are and only the waiting ones are
+    placed, in queue order. Such rounds are incremental (see
+    IncrementalPolicy); a round in which the requests exceed the cluster
+    orders every job.
+    """
 
     name = "tiresias"
 
@@ -71,6 +88,63 @@ class TiresiasPolicy(BasePolicy):
         reasons: Reasons = {}
         fill_in_order(order, total - sum(counts.values()), counts, reasons, total=total)
         return counts, reasons
+
+    def refresh_by(self, now: float, job: JobView) -> float:
+        """The next time this running job's queue can change: it crosses a threshold, or its starvation status flips.
+
+        Until then, a view of it built at `now` gives the queue a fresh view
+        would: the queue of a reused view (service and run time frozen, the
+        clock moving on) and of a fresh one are both constant up to that time.
+        """
+        n = job.allocation.num_devices
+        if n <= 0:
+            return now
+        a, r = job.attained_service, job.run_time
+        t = math.inf
+        i = bisect_right(self.thresholds, a)
+        if i < len(self.thresholds):
+            t = now + (self.thresholds[i] - a) / n
+        f = self.starvation_factor
+        if f is not None:
+            if r <= 0:
+                return now  # a fresh view would see it promoted at once if it waited: no reuse
+            waited = max(0.0, now - job.submit_time - r)  # constant while it runs
+            if waited > f * r:
+                t = min(t, now + waited / f - r)  # a fresh view drops back to its queue then
+            else:
+                t = min(t, job.submit_time + r + f * r)  # a reused view would look promoted from then
+        # A margin well above rounding error: refreshing early is always safe.
+        return t - (1e-6 + 1e-7 * abs(t)) if t < math.inf else t
+
+    def classify(self, job: JobView, total: int, sizes: Mapping[str, int]) -> tuple[int, int]:
+        """Running at its request: KEEP; non-preemptible and valid: PIN; waiting: WAIT or UNSCHED."""
+        alloc = job.allocation
+        if alloc:
+            if not holds_valid(job, sizes):
+                return ODD, 0
+            n = alloc.num_devices
+            if not job.preemptible:
+                return PIN, n
+            return (KEEP, n) if n == rigid_count(job, total) else (ODD, 0)
+        if not schedulable(job, total):
+            return UNSCHED, 0
+        return WAIT, rigid_count(job, total)
+
+    def decide(self, now: float, memo: RoundMemo, total: int) -> tuple[list[tuple[str, int]], Reasons] | None:
+        """When every request fits: everyone runs, the waiting jobs placed in queue order; None otherwise."""
+        if memo.sums[KEEP] + memo.sums[WAIT] > total - memo.sums[PIN]:
+            return None
+        kind, count = memo.kind, memo.count
+        reasons: Reasons = {}
+        waiting = []
+        for job in memo.waiting.values():
+            if kind[job.id] == UNSCHED:
+                reasons[job.id] = REASON_UNSCHEDULABLE
+            else:
+                waiting.append(job)
+        waiting.sort(key=lambda j: (self.queue(now, j), j.submit_time, j.id))
+        # Largest first, queue order among equals: the order `place` gives fresh demands.
+        return sorted(((j.id, count[j.id]) for j in waiting), key=lambda kv: -kv[1]), reasons
 
     def __repr__(self) -> str:
         return (
