@@ -36,7 +36,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from corral.control.executor import LocalExecutor  # noqa: E402
+from corral.control.executors.local import LocalExecutor  # noqa: E402
 from corral.control.scheduler import Scheduler  # noqa: E402
 from corral.control.server import free_port, wait_until_serving  # noqa: E402
 from corral.control.states import JobState  # noqa: E402
