@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import SupportsFloat, SupportsInt, cast
 
 import numpy as np
 
@@ -71,8 +72,8 @@ class ThroughputParams:
     def step_time(self, num_nodes: Values, num_replicas: Values, local_batch: Values) -> Result:
         """Seconds per iteration for `num_replicas` replicas on `num_nodes` nodes at `local_batch` samples each."""
         if _is_scalar(num_nodes, num_replicas, local_batch):
-            grad = self.alpha_c + self.beta_c * float(local_batch)
-            sync = self.sync_time(int(num_nodes), int(num_replicas))
+            grad = self.alpha_c + self.beta_c * _float(local_batch)
+            sync = self.sync_time(_int(num_nodes), _int(num_replicas))
             return _combine(grad, sync, self.gamma)
         n, r, m = np.broadcast_arrays(
             np.asarray(num_nodes, float), np.asarray(num_replicas, float), np.asarray(local_batch, float)
@@ -88,6 +89,16 @@ def _is_scalar(*values: object) -> bool:
     return not any(isinstance(v, (np.ndarray, list, tuple)) for v in values)
 
 
+def _float(value: Values) -> float:
+    """A value _is_scalar accepted, as a float."""
+    return float(cast(SupportsFloat, value))
+
+
+def _int(value: Values) -> int:
+    """A value _is_scalar accepted, as an int."""
+    return int(cast(SupportsInt, value))
+
+
 def _combine(grad: float, sync: float, gamma: float) -> float:
     if sync <= 0.0:
         return grad
@@ -95,7 +106,7 @@ def _combine(grad: float, sync: float, gamma: float) -> float:
         return grad + sync
     # Factor out the larger term so x**gamma cannot overflow for large gamma.
     hi, lo = (grad, sync) if grad >= sync else (sync, grad)
-    return hi * (1.0 + (lo / hi) ** gamma) ** (1.0 / gamma)
+    return float(hi * (1.0 + (lo / hi) ** gamma) ** (1.0 / gamma))
 
 
 def _sync_np(p: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -113,7 +124,8 @@ def _step_time_np(p: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray) ->
     lo = np.minimum(grad, sync)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.where(hi > 0, lo / hi, 0.0)
-        return hi * (1.0 + ratio ** p[6]) ** (1.0 / p[6])
+        out: np.ndarray = hi * (1.0 + ratio ** p[6]) ** (1.0 / p[6])
+        return out
 
 
 @dataclass(frozen=True)
@@ -147,14 +159,14 @@ class GoodputModel:
         """Progress per sample at total batch `batch` relative to one at init_batch (<= 1 above M0)."""
         m0, phi = self.init_batch, self.noise_scale
         if _is_scalar(batch):
-            return (phi + m0) / (phi + float(batch))
+            return (phi + m0) / (phi + _float(batch))
         return (phi + m0) / (phi + np.asarray(batch, float))
 
     def throughput(self, num_nodes: Values, num_replicas: Values, batch: Values) -> Result:
         """Samples per second at total batch `batch` split evenly over the replicas."""
         if _is_scalar(num_nodes, num_replicas, batch):
-            batch = float(batch)
-            return batch / self.params.step_time(num_nodes, num_replicas, batch / max(int(num_replicas), 1))
+            batch = _float(batch)
+            return batch / self.params.step_time(num_nodes, num_replicas, batch / max(_int(num_replicas), 1))
         r = np.maximum(np.asarray(num_replicas, float), 1.0)
         b = np.asarray(batch, float)
         return b / self.params.step_time(num_nodes, r, b / r)
@@ -175,7 +187,7 @@ class GoodputModel:
     def optimal_batch(self, num_nodes: Values, num_replicas: Values) -> Result:
         """The total batch in batch_range that maximises goodput (samples)."""
         if _is_scalar(num_nodes, num_replicas):
-            return _optimal_batch_cached(self, int(num_nodes), max(int(num_replicas), 1))
+            return _optimal_batch_cached(self, _int(num_nodes), max(_int(num_replicas), 1))
         n, r = np.broadcast_arrays(np.asarray(num_nodes, float), np.asarray(num_replicas, float))
         out = _optimal_batch_np(_stack([self]), n.ravel()[None, :], np.maximum(r.ravel(), 1.0)[None, :])
         return out.reshape(n.shape)
@@ -183,7 +195,7 @@ class GoodputModel:
     def speedup(self, num_nodes: Values, num_replicas: Values) -> Result:
         """Goodput at the optimal batch relative to one replica at its optimal batch (0 for 0 replicas)."""
         if _is_scalar(num_nodes, num_replicas):
-            if int(num_replicas) <= 0:
+            if _int(num_replicas) <= 0:
                 return 0.0
             return self.goodput(num_nodes, num_replicas) / self._base_goodput()
         r = np.asarray(num_replicas, float)
@@ -191,7 +203,7 @@ class GoodputModel:
         return np.where(r > 0, g / self._base_goodput(), 0.0)
 
     def _base_goodput(self) -> float:
-        return self.goodput(1, 1)
+        return _float(self.goodput(1, 1))
 
     def speedup_table(self, max_replicas: int, devices_per_node: int) -> np.ndarray:
         """Speedup at k = 0..max_replicas devices packed on nodes of `devices_per_node` (index k)."""
@@ -254,7 +266,8 @@ def _slope_np(q: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.
     sync = _sync_np(q, n, r)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         w = np.where(sync > 0, 1.0 / (1.0 + (sync / grad) ** q[6]), 1.0)
-    return 1.0 - w * comp / grad - m / (q[9] + m)
+    out: np.ndarray = 1.0 - w * comp / grad - m / (q[9] + m)
+    return out
 
 
 def _optimal_batch_np(q: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -266,12 +279,14 @@ def _optimal_batch_np(q: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray
         up = _slope_np(q, n, r, np.exp(mid)) > 0
         a = np.where(up, mid, a)
         b = np.where(up, b, mid)
-    return np.exp(0.5 * (a + b))
+    out: np.ndarray = np.exp(0.5 * (a + b))
+    return out
 
 
 def _goodput_np(q: np.ndarray, n: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.ndarray:
     step = _step_time_np(q, n, r, m / r)
-    return m / step * (q[9] + q[7]) / (q[9] + m)
+    out: np.ndarray = m / step * (q[9] + q[7]) / (q[9] + m)
+    return out
 
 
 # Speedup tables by (model, max_replicas, devices_per_node); the simulator and
@@ -449,7 +464,8 @@ def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
 
     def residuals(x: np.ndarray) -> np.ndarray:
         p = full(x)
-        return np.log(_step_time_np(p, n, r, m)) - np.log(t)
+        out: np.ndarray = np.log(_step_time_np(p, n, r, m)) - np.log(t)
+        return out
 
     extra = np.maximum(r - 2.0, 0.0)
     # d T / d (alpha_c, beta_c, alpha_n, beta_n, alpha_r, beta_r) when gamma = 1 (T is then linear).
@@ -512,5 +528,6 @@ def fit_throughput(observations: Iterable[Sequence[float]]) -> ThroughputParams:
             best = res
         if best.cost < 1e-12 * len(t):  # within ~1e-6 relative error: other starts cannot matter
             break
+    assert best is not None
     p = full(best.x)
     return ThroughputParams(*(float(v) for v in p))

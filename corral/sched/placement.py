@@ -18,7 +18,7 @@ import heapq
 import random
 from bisect import insort
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import Any
 
 from corral.errors import UserError
 from corral.sched.types import Allocation, ClusterView
@@ -138,7 +138,7 @@ class FreeDevices:
 class BasePlacer:
     """Shared keep/shrink handling; subclasses choose devices for fresh placements."""
 
-    name: ClassVar[str] = ""
+    name: str = ""
 
     def place(
         self,
@@ -272,7 +272,7 @@ class RandomPlacer(BasePlacer):
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
 
-    def _new_state(self) -> dict:
+    def _new_state(self) -> dict[str, Any]:
         # A fresh generator per call keeps the placer a pure function of its inputs.
         return {"rng": random.Random(self.seed), "pool": None}
 
@@ -311,6 +311,6 @@ def get_placer(name: str, **options: object) -> BasePlacer:
     if cls is None:
         raise UserError(f"unknown placer {name!r}; choose one of: {', '.join(available_placers())}")
     try:
-        return cls(**options)  # type: ignore[arg-type]
+        return cls(**options)
     except TypeError as exc:
         raise UserError(f"placer {name!r}: {exc}") from None

@@ -146,7 +146,9 @@ def give_back(order: Iterable[JobView], counts: Counts, held: Mapping[str, int],
         if free <= 0:
             break
         k = counts.get(job.id)
-        short = held.get(job.id, 0) - k if k is not None else 0
+        if k is None:
+            continue
+        short = held.get(job.id, 0) - k
         if short > 0:
             back = min(short, free)
             counts[job.id] = k + back  # all of it back: the same count, so it stays in place

@@ -83,9 +83,8 @@ class PolluxPolicy(BasePolicy):
     def utility(self, speedup: np.ndarray) -> np.ndarray:
         """(s^p - 1) / p, or log s at p = 0: increasing in s, so maximising its sum maximises FITNESS_p."""
         with np.errstate(divide="ignore"):
-            if self.p == 0.0:
-                return np.log(speedup)
-            return (np.power(speedup, self.p) - 1.0) / self.p
+            out: np.ndarray = np.log(speedup) if self.p == 0.0 else (np.power(speedup, self.p) - 1.0) / self.p
+            return out
 
     def counts(self, now: float, jobs: Sequence[JobView], cluster: ClusterView) -> tuple[Counts, Reasons]:
         """Admit jobs at min_gpus, then hand out the rest by marginal utility per device."""
