@@ -405,7 +405,7 @@ class Scheduler:
 
 def _how(outcome: RunOutcome) -> str:
     if outcome.ending == Ending.KILLED:
-        return f"killed after the grace period, exit code {outcome.exit_code}"
+        return f"{outcome.detail or 'killed after the grace period'}, exit code {outcome.exit_code}"
     if outcome.exit_code is None:
         return outcome.detail or "no exit code"
     return f"exit code {outcome.exit_code}"

@@ -121,3 +121,19 @@ def test_restarted_service_adopts_live_runs_and_requeues_lost_ones(env) -> None:
     assert store.get_job(lost.id).attempt == 2
     fresh.cancel(lost.id)
     _run_until(fresh, store, lambda: store.get_job(lost.id).state == "CANCELLED", timeout=30)
+
+
+def test_preempted_plain_script_dies_of_sigterm_and_is_requeued_not_failed(env) -> None:
+    """Defect: a run ended by the stop's own SIGTERM (no checkpoint support, exit 143) was recorded FAILED."""
+    store, executor, sched, tmp = env
+    low = store.add_job(_spec("plain", f"{sys.executable} {WORKERS / 'sleeper.py'}", gpus=2), "alice")
+    log = executor.log_dir(low.id)
+    _run_until(sched, store, lambda: (log / "rank-0.log").exists() and (log / "rank-0.log").read_text())
+    high = store.add_job(_spec("high", f"{sys.executable} {WORKERS / 'torchrun_style.py'}", gpus=2, priority=10), "bob")
+    _run_until(sched, store, lambda: store.get_job(high.id).state == "SUCCEEDED", timeout=60)
+    job = store.get_job(low.id)
+    assert job.preemptions == 1 and job.restarts == 0 and job.state in ("PENDING", "RUNNING")
+    assert "no checkpoint saved" in next(e.cause for e in store.events(low.id) if e.dst == "PREEMPTED")
+    sched.cancel(low.id)
+    _run_until(sched, store, lambda: JobState(store.get_job(low.id).state).is_terminal, timeout=30)
+    assert store.get_job(low.id).state == "CANCELLED"

@@ -266,6 +266,9 @@ class LocalExecutor:
             return RunOutcome(run.handle, Ending.PREEMPTED, code)
         if run.forced:
             return RunOutcome(run.handle, Ending.KILLED, code, "killed after the stop grace ran out")
+        if code == 128 + signal.SIGTERM and self._file(run.handle.job_id, run.handle.attempt, "stop").exists():
+            # Stopped before it could checkpoint (still starting, or a plain torchrun script): our SIGTERM ended it.
+            return RunOutcome(run.handle, Ending.KILLED, code, "ended by the stop's SIGTERM, no checkpoint saved")
         return RunOutcome(run.handle, Ending.FAILED, code)
 
 
