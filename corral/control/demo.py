@@ -5,10 +5,13 @@ submits the jobs of examples/demo/ through the HTTP API, shows them live until
 they all end, then prints a summary and writes a report folder (summary.md,
 summary.json, a device Gantt chart, loss curves, each job's log).
 
-What it shows: DDP on 2 devices, a 1-device job, a job that crashes once and
-is restarted from its checkpoint, an elastic job that grows when devices are
-idle, and a long low-priority job that a later high-priority job preempts; the
-low-priority job resumes from its checkpoint and finishes.
+What it shows: an elastic job that starts alone and takes every idle device,
+then shrinks to its request when the other jobs arrive (a resize: it
+checkpoints and resumes at the new world size; the workload is ordered so that
+this happens in every run, and the demo's check fails when it does not); DDP
+on 2 devices, a 1-device job, a job that crashes once and is restarted from its
+checkpoint, and a long low-priority job that a later high-priority job
+preempts; the low-priority job resumes from its checkpoint and finishes.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from corral.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: examples/ lives here
 DEMO_DIR = ROOT / "examples" / "demo"
+MIN_DEVICES = 2  # the elastic job needs room to resize
 MAX_DEVICES = 64
 API = "/api/v1"
 TICK = 0.5  # seconds between refreshes of the live table
@@ -56,14 +60,19 @@ class DemoJob:
     quick: str  # entrypoint under --quick
     restarts: int = 0  # restarts it must end with
     preempted: bool = False  # it must be preempted at least once and resume from its checkpoint
+    resized: bool = False  # it must be resized at least once and resume from its checkpoint
+    first: bool = False  # submitted alone, before the others (which arrive once it runs)
     urgent: bool = False  # held back, then submitted to take devices from the low-priority job
 
 
 WORKLOAD: tuple[DemoJob, ...] = (
+    # The elastic job comes alone: it starts on every device. The jobs after it
+    # take the devices it holds above its request, so it shrinks (a resize).
+    DemoJob("elastic.yaml", "python examples/digits.py --epochs 10 --checkpoint-every 25", resized=True,
+            first=True),
     DemoJob("digits-ddp.yaml", "python examples/digits.py --epochs 4"),
     DemoJob("linreg.yaml", "python examples/linear_regression.py --epochs 5"),
     DemoJob("fail-once.yaml", "python examples/demo/fail_once.py --epochs 4 --crash-after 2", restarts=1),
-    DemoJob("elastic.yaml", "python examples/digits.py --epochs 10 --checkpoint-every 25"),
     DemoJob("lowprio-long.yaml", "python examples/digits.py --epochs 25 --lr 0.02 --checkpoint-every 25",
             preempted=True),
     DemoJob("urgent.yaml", "python examples/digits.py --epochs 4", urgent=True),
@@ -71,6 +80,9 @@ WORKLOAD: tuple[DemoJob, ...] = (
 # The urgent job arrives at least this long after the start, once the
 # low-priority job runs and has logged an epoch (so its resume is visible).
 URGENT_AFTER = {False: 15.0, True: 4.0}
+# The other jobs come once the elastic job runs on the idle devices and has
+# logged an epoch (a SIGTERM then is a clean checkpoint), or after this long.
+OTHERS_WAIT = {False: 120.0, True: 60.0}
 DEADLINE = {False: 900.0, True: 300.0}  # the whole demo; past it every job is cancelled
 
 
@@ -80,8 +92,9 @@ class _Terminated(KeyboardInterrupt):
 
 def run_demo(devices: int = 4, report_dir: Path | None = None, port: int = 0, quick: bool = False) -> int:
     """Run the demo; return the exit code (0: every job ended as expected, 1: not, 130: interrupted)."""
-    if not 1 <= devices <= MAX_DEVICES:
-        raise UserError(f"--devices must be between 1 and {MAX_DEVICES}, got {devices}")
+    if not MIN_DEVICES <= devices <= MAX_DEVICES:
+        raise UserError(f"--devices must be between {MIN_DEVICES} and {MAX_DEVICES} (the elastic job needs "
+                        f"2 to resize), got {devices}")
     if port:
         check_port("127.0.0.1", port)
     out = _report_dir(report_dir)
@@ -169,6 +182,7 @@ class _Demo:
         self.metrics: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self.events: dict[int, list[dict[str, Any]]] = {}
         self.polled: dict[int, list[tuple[float, tuple[str, ...]]]] = {}
+        self.others_submitted = False
         self.urgent_submitted = False
         self._seen: dict[int, tuple[Any, ...]] = {}
 
@@ -191,7 +205,7 @@ class _Demo:
         c.print(f"  workload:  {DEMO_DIR.relative_to(ROOT)}/*.yaml" + (" (--quick variant)" if self.quick else ""))
         c.print()
         for dj, spec in self.workload:
-            if not dj.urgent:
+            if dj.first:
                 self._submit(dj, spec)
         timed_out = self._watch()
         if timed_out:
@@ -215,7 +229,13 @@ class _Demo:
         with Live(self._render(), console=self.console, refresh_per_second=4, transient=False) as live:
             while True:
                 self._poll()
-                if not self.urgent_submitted and self._urgent_due():
+                if not self.others_submitted and self._others_due():
+                    for dj, spec in self.workload:
+                        if not (dj.first or dj.urgent):
+                            self._submit(dj, spec)
+                    self.others_submitted = True
+                    self._poll()
+                if self.others_submitted and not self.urgent_submitted and self._urgent_due():
                     dj, spec = next((d, s) for d, s in self.workload if d.urgent)
                     self._submit(dj, self._sized_to_preempt(spec))
                     self.urgent_submitted = True
@@ -227,6 +247,16 @@ class _Demo:
                     return True
                 time.sleep(TICK)
 
+    def _others_due(self) -> bool:
+        """Time for the other jobs: the elastic job runs on more devices than it asked for and has logged a loss
+        in this run, so that they take devices from it (or it ended, or waited too long: the check will say)."""
+        if time.time() - self.t0 > OTHERS_WAIT[self.quick]:
+            return True
+        first = [j for j in self.jobs.values() if self.demo_job[j["id"]].first]
+        if any(j["state"] in TERMINAL for j in first):
+            return True
+        return all(len(j["devices"]) > j["gpus"] and self._training(j) for j in first)
+
     def _urgent_due(self) -> bool:
         """Time for the urgent job: the low-priority job runs and has logged a loss in this run (or has ended)."""
         if time.time() - self.t0 < URGENT_AFTER[self.quick]:
@@ -234,13 +264,19 @@ class _Demo:
         low = next((j for j in self.jobs.values() if self.demo_job[j["id"]].preempted), None)
         if low is None or low["state"] in TERMINAL:
             return True
-        if low["state"] != JobState.RUNNING.value:
+        return self._training(low)
+
+    def _training(self, job: dict[str, Any]) -> bool:
+        """The job runs and has logged a loss in this run.
+
+        Then its training loop runs (a SIGTERM now is a clean checkpoint, not a kill during start-up),
+        and the report can show the step it resumes from.
+        """
+        if job["state"] != JobState.RUNNING.value:
             return False
-        # A loss logged in this run means its training loop runs (a SIGTERM now is a clean checkpoint,
-        # not a kill during start-up), and the report can show the step it resumes from.
-        starts = [e["time"] for e in self.events.get(low["id"], []) if e["dst"] == JobState.RUNNING.value]
+        starts = [e["time"] for e in self.events.get(job["id"], []) if e["dst"] == JobState.RUNNING.value]
         since = max(starts, default=0.0)
-        recs = self.metrics.get(low["id"], ([], ""))[0]
+        recs = self.metrics.get(job["id"], ([], ""))[0]
         key = report.loss_key(recs)
         return any(r["time"] >= since and key in r["values"] for r in recs) if key else False
 
@@ -332,6 +368,8 @@ class _Demo:
                       str(job["preemptions"]), str(job.get("resizes", 0)),
                       f"{loss:.3g}" if loss is not None else "-", f"{acc:.3f}" if acc is not None else "-")
         waiting = [] if self.urgent_submitted else [Text(
+            "  the other jobs are held back until the elastic job runs on the idle devices" if not
+            self.others_submitted else
             "  the urgent job (priority 10) is held back until the low-priority job runs", style="dim")]
         return Group(t, *waiting)
 
@@ -355,6 +393,7 @@ class _Demo:
             checks.append((f"#{row['id']} {row['name']}: expected {expected}; got {_got(row)}", ok))
         if not self.urgent_submitted or len(rows) < len(self.workload):
             checks.append(("every job of the workload was submitted", False))
+        checks.append(resize_check([r for r in rows if self.demo_job[r["id"]].resized]))
         notes = [f"{r['name']} ran at sizes {' → '.join(map(str, r['sizes']))} ({r['resizes']} resizes)"
                  for r in rows if "-" in r["requested"]]
         ok = all(ok for _, ok in checks) and not timed_out
@@ -390,6 +429,9 @@ class _Demo:
         if dj.preempted:
             text += ", preempted and resumed from its checkpoint"
             ok = ok and row["preemptions"] >= 1 and row["resumed"] is True
+        if dj.resized:
+            text += ", resized and resumed from its checkpoint"
+            ok = ok and row["resizes"] >= 1 and row["resumed"] is True
         return text, ok
 
     def _print_summary(self, rows: list[dict[str, Any]], checks: list[tuple[str, bool]], wall: float) -> None:
@@ -476,6 +518,15 @@ class _Demo:
                 self._kill_all()
 
 
+def resize_check(rows: list[dict[str, Any]]) -> tuple[str, bool]:
+    """The demo's own check that it showed an elastic resize: (what it found, in words; whether it passed)."""
+    ok = any(r["resizes"] >= 1 for r in rows)
+    found = "; ".join(f"{r['name']} ran at sizes {' → '.join(map(str, r['sizes'])) or '-'} "
+                      f"({_plural(r['resizes'], 'resize')})" for r in rows) or "no elastic job ran"
+    return (f"at least one elastic resize: {found}" if ok else
+            f"no elastic resize happened ({found}); the demo must show one", ok)
+
+
 def _kill_tree(pid: int) -> None:
     """SIGKILL a process and every descendant it has."""
     try:
@@ -527,7 +578,8 @@ def _progress(job: dict[str, Any], step: int, recs: list[dict[str, Any]]) -> str
 
 
 def _got(row: dict[str, Any]) -> str:
-    parts = [row["state"], _plural(row["restarts"], "restart"), _plural(row["preemptions"], "preemption")]
+    parts = [row["state"], _plural(row["restarts"], "restart"), _plural(row["preemptions"], "preemption"),
+             _plural(row["resizes"], "resize")]
     if row["resumed"] is not None:
         parts.append("resumed" if row["resumed"] else "started over")
     return ", ".join(parts)

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from corral.control import report
-from corral.control.demo import run_demo
+from corral.control.demo import WORKLOAD, _Demo, resize_check, run_demo
 from corral.control.report import JobRecord
 from corral.errors import UserError
 from tests.conftest import corral_cmd, run_corral
@@ -70,25 +70,34 @@ def test_quick_demo_runs_the_workload_and_writes_the_report(tmp_path: Path) -> N
     assert rows["digits-ddp"]["sizes"] == [2] and rows["urgent"]["priority"] == 10
     low = rows["lowprio-long"]
     assert low["preemptions"] >= 1 and low["resumed"] is True
+    # The elastic job came first, took every idle device and shrank when the others arrived: a resize, every run.
+    elastic = rows["elastic"]
+    assert elastic["resizes"] >= 1 and elastic["resumed"] is True, elastic
+    assert elastic["sizes"][0] == 4 and elastic["sizes"][1] < 4, elastic
+    assert elastic["submit"] < min(r["submit"] for name, r in rows.items() if name != "elastic")
 
-    # Resumed, from the raw events and metrics: after the preemption, training went on from its step.
+    # Resumed, from the raw events and metrics: after the preemption (the resize), training went on from its step.
     data = json.loads((report / "data.json").read_text())
-    rec = next(r for r in data["records"] if r["job"]["name"] == "lowprio-long")
-    # In event order, not by time: a job requeued and restarted in one round has both events at one instant.
-    at = next(i for i, e in enumerate(rec["events"]) if e["dst"] == "PREEMPTED")
-    preempted = rec["events"][at]["time"]
-    resumed = next(e["time"] for e in rec["events"][at:] if e["dst"] == "RUNNING")
-    losses = [m for m in rec["metrics"] if "loss" in m["values"]]
-    before = [m["step"] for m in losses if m["time"] <= preempted]
-    after = [m["step"] for m in losses if m["time"] > resumed]
-    assert before and after and after[0] > max(before), (before, after)
-    assert "resumed from step" in (report / "logs" / f"{rec['job']['id']}-lowprio-long.log").read_text()
+    for name, kind in (("lowprio-long", "preemption"), ("elastic", "resize")):
+        rec = next(r for r in data["records"] if r["job"]["name"] == name)
+        events = rec["events"]
+        # In event order, not by time: a job requeued and restarted in one round has both events at one instant.
+        at = next(i for i, e in enumerate(events) if e["dst"] == "PREEMPTED" and e["data"].get("kind") == kind)
+        stopped = events[at]["time"]
+        resumed = next(e for e in events[at:] if e["dst"] == "RUNNING")
+        assert resumed["data"]["attempt"] >= 2 and resumed["data"]["allocation"], resumed
+        losses = [m for m in rec["metrics"] if "loss" in m["values"]]
+        before = [m["step"] for m in losses if m["time"] <= stopped]
+        after = [m["step"] for m in losses if m["time"] > resumed["time"]]
+        assert before and after and after[0] > max(before), (name, before, after)
+        assert "resumed from step" in (report / "logs" / f"{rec['job']['id']}-{name}.log").read_text()
 
     for png in ("gantt.png", "loss.png"):
         blob = (report / png).read_bytes()
         assert blob.startswith(b"\x89PNG") and len(blob) > 20_000, png
     md = (report / "summary.md").read_text()
     assert all(name in md for name in JOBS) and "gantt.png" in md
+    assert "at least one elastic resize: elastic ran at sizes 4 → " in md
     assert not _processes_under(tmp_path), _processes_under(tmp_path)
 
 
@@ -118,9 +127,11 @@ def test_ctrl_c_cancels_the_runs_and_leaves_no_process(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="--devices must be between 1 and 64, got 0"):
+    with pytest.raises(UserError, match=r"between 2 and 64 \(the elastic job needs 2 to resize\), got 0"):
         run_demo(devices=0)
-    with pytest.raises(UserError, match="--devices must be between 1 and 64, got 65"):
+    with pytest.raises(UserError, match="--devices must be between 2 and 64 .*, got 1"):
+        run_demo(devices=1)  # no room for the elastic job to resize
+    with pytest.raises(UserError, match="--devices must be between 2 and 64 .*, got 65"):
         run_demo(devices=65)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -131,6 +142,21 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
 def test_cli_refuses_bad_devices() -> None:
     r = run_corral("demo", "--devices", "0", timeout=60)
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_the_check_fails_without_a_resize() -> None:
+    """The demo's own check: the elastic job must be resized (and resume), else the demo exits 1 saying so."""
+    elastic = next(dj for dj in WORKLOAD if dj.resized)
+    assert elastic.first and elastic.file == "elastic.yaml"  # submitted alone, so it takes the idle devices
+    row = {"name": "elastic", "state": "SUCCEEDED", "restarts": 0, "preemptions": 0, "resizes": 0, "sizes": [1],
+           "resumed": None}
+    text, ok = resize_check([row])
+    assert not ok and text == "no elastic resize happened (elastic ran at sizes 1 (0 resizes)); the demo must show one"
+    assert _Demo._expect(elastic, row)[1] is False
+    assert resize_check([]) == ("no elastic resize happened (no elastic job ran); the demo must show one", False)
+    row.update(resizes=1, sizes=[4, 1], resumed=True)
+    assert resize_check([row]) == ("at least one elastic resize: elastic ran at sizes 4 → 1 (1 resize)", True)
+    assert _Demo._expect(elastic, row) == ("SUCCEEDED, resized and resumed from its checkpoint", True)
 
 
 def _job(jid: int, name: str, **kw: object) -> dict:

@@ -49,6 +49,11 @@ def main() -> None:
     p.add_argument("--kill-rank", type=int, default=None, help="SIGKILL this rank at --kill-step on attempt 0")
     p.add_argument("--kill-step", type=int, default=None)
     p.add_argument("--sleep", type=float, default=0.0, help="seconds per step (to leave time for signals)")
+    p.add_argument("--sleep-per-replica", type=float, default=0.0,
+                   help="extra seconds per step for each replica beyond the first (a job that scales poorly)")
+    p.add_argument("--per-run", action="store_true",
+                   help="name the samples file by the step the run resumed from, so runs started afresh "
+                        "by the service (each attempt 0) keep their own files")
     p.add_argument("--check-sync", action="store_true")
     p.add_argument("--strategy", default="ddp")
     p.add_argument("--precision", default="fp32")
@@ -75,7 +80,9 @@ def main() -> None:
         opt.register_step_pre_hook(pre_step)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    samples_log = open(out / f"samples-{job.rank}-{record['attempt']}.jsonl", "w")
+    tag = f"{record['attempt']}-from{job.restored_from or 0}" if args.per_run else f"{record['attempt']}"
+    samples_log = open(out / f"samples-{job.rank}-{tag}.jsonl", "w")
+    pause = args.sleep + args.sleep_per_replica * (job.world_size - 1)
     done = False
     for epoch in job.epochs(args.epochs):
         for x, y, idx in loader:
@@ -92,8 +99,8 @@ def main() -> None:
                 gathered = [torch.zeros_like(grads) for _ in range(job.world_size)]
                 torch.distributed.all_gather(gathered, grads)
                 record["micro"].append(all(torch.allclose(g, gathered[0]) for g in gathered))
-            if args.sleep:
-                time.sleep(args.sleep)
+            if pause:
+                time.sleep(pause)
             if (args.kill_rank == job.rank and record["attempt"] == 0 and job.step_count == args.kill_step):
                 with open(out / f"trace-{job.rank}-{record['attempt']}.json", "w") as f:
                     json.dump(record, f)
