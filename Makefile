@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/corral demo
 
-test: $(STAMP)
+# Lint first: a style or type error fails CI before the 13-minute suite runs.
+test: lint
 	$(BIN)/python -m pytest -q
 
 # Lint, format check and types: ruff and mypy as configured in pyproject.toml.

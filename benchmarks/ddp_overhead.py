@@ -56,8 +56,11 @@ def worker(args: argparse.Namespace) -> None:
     if job.world_size > 1:
         native = nn.parallel.DistributedDataParallel(native)
     native_opt = torch.optim.SGD(native.parameters(), lr=0.05, momentum=0.9)
-    sampler = DistributedSampler(data, num_replicas=job.world_size, rank=job.rank, shuffle=True, seed=0) \
-        if job.world_size > 1 else None
+    sampler = (
+        DistributedSampler(data, num_replicas=job.world_size, rank=job.rank, shuffle=True, seed=0)
+        if job.world_size > 1
+        else None
+    )
     native_loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None)
 
     # corral
@@ -148,37 +151,73 @@ def main() -> None:
     for nproc in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "times.json"
-            cmd = [sys.executable, "-m", "corral.cli", "run", "--nproc", str(nproc), __file__, "--worker",
-                   "--out", str(out), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--batch-size", str(args.batch_size)]
-            subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                           stdout=subprocess.DEVNULL)
+            cmd = [
+                sys.executable,
+                "-m",
+                "corral.cli",
+                "run",
+                "--nproc",
+                str(nproc),
+                __file__,
+                "--worker",
+                "--out",
+                str(out),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+            subprocess.run(
+                cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL
+            )
             result = json.loads(out.read_text())
         med = {k: statistics.median(v) for k, v in result["times"].items()}
         global_batch = args.batch_size * nproc
-        rows.append({
-            "world_size": nproc,
-            "steps": len(result["times"]["corral"]),
-            "native_ms": med["native"] * 1e3,
-            "native_gather_ms": med["native_gather"] * 1e3,
-            "corral_ms": med["corral"] * 1e3,
-            "ratio": med["corral"] / med["native"],
-            "ratio_gather": med["corral"] / med["native_gather"],
-            "native_samples_s": global_batch / med["native"],
-            "corral_samples_s": global_batch / med["corral"],
-        })
+        rows.append(
+            {
+                "world_size": nproc,
+                "steps": len(result["times"]["corral"]),
+                "native_ms": med["native"] * 1e3,
+                "native_gather_ms": med["native_gather"] * 1e3,
+                "corral_ms": med["corral"] * 1e3,
+                "ratio": med["corral"] / med["native"],
+                "ratio_gather": med["corral"] / med["native_gather"],
+                "native_samples_s": global_batch / med["native"],
+                "corral_samples_s": global_batch / med["corral"],
+            }
+        )
     table = Table(title=f"corral Job loop vs native torch DDP (digits MLP, batch {args.batch_size}/worker, gloo)")
-    for col in ("world", "steps", "native ms", "native-gather ms", "corral ms", "corral/native",
-                "corral/native-gather", "native samples/s", "corral samples/s"):
+    for col in (
+        "world",
+        "steps",
+        "native ms",
+        "native-gather ms",
+        "corral ms",
+        "corral/native",
+        "corral/native-gather",
+        "native samples/s",
+        "corral samples/s",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["world_size"]), str(r["steps"]), f"{r['native_ms']:.3f}", f"{r['native_gather_ms']:.3f}",
-                      f"{r['corral_ms']:.3f}", f"{r['ratio']:.3f}", f"{r['ratio_gather']:.3f}",
-                      f"{r['native_samples_s']:.0f}", f"{r['corral_samples_s']:.0f}")
+        table.add_row(
+            str(r["world_size"]),
+            str(r["steps"]),
+            f"{r['native_ms']:.3f}",
+            f"{r['native_gather_ms']:.3f}",
+            f"{r['corral_ms']:.3f}",
+            f"{r['ratio']:.3f}",
+            f"{r['ratio_gather']:.3f}",
+            f"{r['native_samples_s']:.0f}",
+            f"{r['corral_samples_s']:.0f}",
+        )
     Console().print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"goal": "corral/native <= 1.03", "batch_size": args.batch_size,
-                                   "rows": rows}, indent=2))
+    RESULTS.write_text(
+        json.dumps({"goal": "corral/native <= 1.03", "batch_size": args.batch_size, "rows": rows}, indent=2)
+    )
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

@@ -65,8 +65,11 @@ def scenarios(quick: bool) -> list[Scenario]:
     if (base / "pollux" / "workloads").is_dir():
         out += [Scenario("pollux workloads", f"pollux:workload-{i}", "16x4", ARTIFACT) for i in wls]
     if (base / "gavel").is_dir():
-        names = ("small_test", "max_min_fairness") if quick else (
-            "small_test", "msr_seed0_23dbec", "max_min_fairness", "minimize_makespan")
+        names = (
+            ("small_test", "max_min_fairness")
+            if quick
+            else ("small_test", "msr_seed0_23dbec", "max_min_fairness", "minimize_makespan")
+        )
         out += [Scenario(f"gavel:{n}", f"gavel:{n}", "8x4") for n in names]
     if (base / "pollux" / "philly.csv").is_file():
         n = 150 if quick else 400

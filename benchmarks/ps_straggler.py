@@ -89,10 +89,16 @@ def worker(args: argparse.Namespace) -> None:
     if job.is_main:
         # Every replica holds the final weights here (asp and ssp pull at each epoch's end).
         unwrapped = job.strategy.unwrap(net)
-        Path(args.out).write_text(json.dumps({
-            "seconds": seconds, "samples": args.epochs * len(train), "test_acc": accuracy(unwrapped, test),
-            "steps_per_worker": [int(t.item()) for t in gathered],
-        }))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "samples": args.epochs * len(train),
+                    "test_acc": accuracy(unwrapped, test),
+                    "steps_per_worker": [int(t.item()) for t in gathered],
+                }
+            )
+        )
     job.finish()
     # Skip interpreter teardown: with a DDP model still alive, torch's gloo threads can abort a
     # finished process at exit (SIGABRT, about 1 run in 6 with 4 ranks here), failing the run.
@@ -105,15 +111,32 @@ def lr_for(args: argparse.Namespace, consistency: str | None) -> float:
     return args.lr if consistency in (None, "bsp") else args.lr / args.nproc
 
 
-def run_one(args: argparse.Namespace, name: str, strategy: str, consistency: str | None,
-            straggler: bool) -> dict:
+def run_one(args: argparse.Namespace, name: str, strategy: str, consistency: str | None, straggler: bool) -> dict:
     """Start one configuration under `corral run`; return what rank 0 and the servers recorded."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         servers = ["--servers", str(args.servers)] if strategy == "ps" else []
-        cmd = [sys.executable, "-m", "corral.cli", "run", "--nproc", str(args.nproc), *servers, __file__,
-               "--worker", "--out", str(out), "--strategy", strategy, "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--lr", str(lr_for(args, consistency))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "corral.cli",
+            "run",
+            "--nproc",
+            str(args.nproc),
+            *servers,
+            __file__,
+            "--worker",
+            "--out",
+            str(out),
+            "--strategy",
+            strategy,
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            str(lr_for(args, consistency)),
+        ]
         if consistency:
             cmd += ["--consistency", consistency]
         env = dict(os.environ, OMP_NUM_THREADS="1", CORRAL_PS_TRACE=str(Path(tmp) / "servers"))
@@ -168,55 +191,101 @@ def main() -> None:
     for name, strategy, consistency, straggler in CONFIGS:
         last = runs[name][-1]
         base = "bsp" if straggler else ("bsp, no straggler" if consistency == "asp" else "ddp, no straggler")
-        rows.append({
-            "name": name, "strategy": strategy, "consistency": consistency, "lr": lr_for(args, consistency),
-            "straggler": args.straggler if straggler else None,
-            "samples_s": med(name, "samples_s"), "samples_s_runs": [r["samples_s"] for r in runs[name]],
-            "vs": base, "ratio": med(name, "samples_s") / med(base, "samples_s"),
-            "test_acc": med(name, "test_acc"), "test_acc_runs": [r["test_acc"] for r in runs[name]],
-            "steps_per_worker": last["steps_per_worker"], "max_staleness": last["max_staleness"],
-        })
-    table = Table(title=f"digits MLP, {args.nproc} workers, {args.servers} servers, {args.epochs} epochs, "
-                        f"straggler rank {args.straggler} (median of {args.repeats})")
+        rows.append(
+            {
+                "name": name,
+                "strategy": strategy,
+                "consistency": consistency,
+                "lr": lr_for(args, consistency),
+                "straggler": args.straggler if straggler else None,
+                "samples_s": med(name, "samples_s"),
+                "samples_s_runs": [r["samples_s"] for r in runs[name]],
+                "vs": base,
+                "ratio": med(name, "samples_s") / med(base, "samples_s"),
+                "test_acc": med(name, "test_acc"),
+                "test_acc_runs": [r["test_acc"] for r in runs[name]],
+                "steps_per_worker": last["steps_per_worker"],
+                "max_staleness": last["max_staleness"],
+            }
+        )
+    table = Table(
+        title=f"digits MLP, {args.nproc} workers, {args.servers} servers, {args.epochs} epochs, "
+        f"straggler rank {args.straggler} (median of {args.repeats})"
+    )
     for col in ("run", "lr", "samples/s", "ratio", "vs", "test acc", "steps per worker", "max staleness"):
         table.add_column(col, justify="right" if col not in ("run", "vs") else "left")
     for r in rows:
-        table.add_row(r["name"], f"{r['lr']:g}", f"{r['samples_s']:,.0f}", f"{r['ratio']:.2f}x", r["vs"],
-                      f"{r['test_acc']:.4f}",
-                      ",".join(map(str, r["steps_per_worker"])),
-                      "-" if r["max_staleness"] is None else str(r["max_staleness"]))
+        table.add_row(
+            r["name"],
+            f"{r['lr']:g}",
+            f"{r['samples_s']:,.0f}",
+            f"{r['ratio']:.2f}x",
+            r["vs"],
+            f"{r['test_acc']:.4f}",
+            ",".join(map(str, r["steps_per_worker"])),
+            "-" if r["max_staleness"] is None else str(r["max_staleness"]),
+        )
     console.print(table)
     by = {r["name"]: r for r in rows}
     goals = {}
     for name in ("asp", "ssp:2"):
         speed = by[name]["ratio"]
         acc = (by[name]["test_acc"] - bsp_acc) * 100
-        goals[name] = {"throughput_vs_bsp": speed, "throughput_goal_met": speed >= 1.5,
-                       "accuracy_points_vs_bsp": acc, "accuracy_goal_met": acc >= -1.0}
+        goals[name] = {
+            "throughput_vs_bsp": speed,
+            "throughput_goal_met": speed >= 1.5,
+            "accuracy_points_vs_bsp": acc,
+            "accuracy_goal_met": acc >= -1.0,
+        }
         mark = lambda ok: "[green]met[/]" if ok else "[red]not met[/]"  # noqa: E731
-        console.print(f"{name}: {speed:.2f}x bsp throughput (goal >= 1.5: {mark(speed >= 1.5)}), "
-                      f"accuracy {acc:+.1f} points vs bsp (goal >= -1: {mark(acc >= -1.0)})")
+        console.print(
+            f"{name}: {speed:.2f}x bsp throughput (goal >= 1.5: {mark(speed >= 1.5)}), "
+            f"accuracy {acc:+.1f} points vs bsp (goal >= -1: {mark(acc >= -1.0)})"
+        )
     if not goals["ssp:2"]["throughput_goal_met"]:
-        console.print("  ssp:2 and a persistent straggler: no worker may be more than 2 steps ahead of rank 1, "
-                      "so all move at rank 1's pace; ssp only saves what bsp loses to waiting inside each step.")
+        console.print(
+            "  ssp:2 and a persistent straggler: no worker may be more than 2 steps ahead of rank 1, "
+            "so all move at rank 1's pace; ssp only saves what bsp loses to waiting inside each step."
+        )
     penalty = by["bsp, no straggler"]["samples_s"] / bsp_rate
     hidden = by["asp"]["samples_s"] / by["asp, no straggler"]["samples_s"]
-    console.print(f"the straggler costs bsp {penalty:.2f}x (the most asp can win back); asp keeps {hidden:.0%} of "
-                  "its throughput without one.")
-    console.print("  On 2 cores the 6 processes share the CPU: under bsp the fast workers compute while rank 1 "
-                  "sleeps, so a 3x straggler costs bsp well under 3x here.")
+    console.print(
+        f"the straggler costs bsp {penalty:.2f}x (the most asp can win back); asp keeps {hidden:.0%} of "
+        "its throughput without one."
+    )
+    console.print(
+        "  On 2 cores the 6 processes share the CPU: under bsp the fast workers compute while rank 1 "
+        "sleeps, so a 3x straggler costs bsp well under 3x here."
+    )
     ps_vs_ddp = by["bsp, no straggler"]["ratio"]
     console.print(f"PS bsp / DDP throughput without a straggler: {ps_vs_ddp:.2f}")
     console.print(f"({time.perf_counter() - started:.0f} s)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "setup": {"model": "digits MLP 64-256-256-10", "nproc": args.nproc, "servers": args.servers,
-                  "epochs": args.epochs, "batch_size_per_worker": args.batch_size, "lr": args.lr,
-                  "momentum": 0.9, "straggler": args.straggler, "repeats": args.repeats,
-                  "bsp_samples_s": bsp_rate, "bsp_test_acc": bsp_acc},
-        "goals": goals, "ps_bsp_vs_ddp_no_straggler": ps_vs_ddp, "straggler_penalty_bsp": penalty,
-        "asp_with_vs_without_straggler": hidden, "rows": rows,
-    }, indent=2))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "setup": {
+                    "model": "digits MLP 64-256-256-10",
+                    "nproc": args.nproc,
+                    "servers": args.servers,
+                    "epochs": args.epochs,
+                    "batch_size_per_worker": args.batch_size,
+                    "lr": args.lr,
+                    "momentum": 0.9,
+                    "straggler": args.straggler,
+                    "repeats": args.repeats,
+                    "bsp_samples_s": bsp_rate,
+                    "bsp_test_acc": bsp_acc,
+                },
+                "goals": goals,
+                "ps_bsp_vs_ddp_no_straggler": ps_vs_ddp,
+                "straggler_penalty_bsp": penalty,
+                "asp_with_vs_without_straggler": hidden,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     console.print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

@@ -48,16 +48,39 @@ IDLE = ROOT / "benchmarks" / "jobs" / "idle.py"
 
 
 def job(name: str, gpus: int = 1, priority: int = 0, seconds: float = 600, preemptible: bool = True) -> dict:
-    return {"name": name, "entrypoint": f"{sys.executable} {IDLE} {seconds}", "workdir": str(ROOT),
-            "resources": {"gpus": gpus}, "priority": priority, "preemptible": preemptible,
-            "env": {"OMP_NUM_THREADS": "1"}}
+    return {
+        "name": name,
+        "entrypoint": f"{sys.executable} {IDLE} {seconds}",
+        "workdir": str(ROOT),
+        "resources": {"gpus": gpus},
+        "priority": priority,
+        "preemptible": preemptible,
+        "env": {"OMP_NUM_THREADS": "1"},
+    }
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli", "server", "--home", str(home), "--port", str(port),
-                             "--devices", "4", "--round", "5", "--grace", "2"],
-                            env=dict(os.environ, CORRAL_HOME=str(home)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "corral.cli",
+            "server",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--devices",
+            "4",
+            "--round",
+            "5",
+            "--grace",
+            "2",
+        ],
+        env=dict(os.environ, CORRAL_HOME=str(home)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if not wait_until_serving(f"http://127.0.0.1:{port}", proc):
         raise SystemExit("corral server did not start")
     return proc
@@ -82,8 +105,12 @@ def latency(c: httpx.Client, runs: int) -> dict:
         server_s.append(ev[1]["time"] - ev[0]["time"])
         c.post(f"{API}/jobs/{jid}/cancel")
         wait_state(c, jid, {"CANCELLED"}, poll=0.05)
-    return {"client_median_s": statistics.median(client_s), "client_max_s": max(client_s),
-            "server_median_s": statistics.median(server_s), "server_max_s": max(server_s)}
+    return {
+        "client_median_s": statistics.median(client_s),
+        "client_max_s": max(client_s),
+        "server_median_s": statistics.median(server_s),
+        "server_max_s": max(server_s),
+    }
 
 
 def throughput(url: str, token: str, n: int, threads: int) -> float:
@@ -179,21 +206,38 @@ def main() -> None:
     round_s = round_with_queue(args.queued)
 
     result = {
-        "latency": lat, "latency_goal_s": 1.0,
-        "submissions_per_s": api_rate, "store_inserts_per_s": db_rate, "api_vs_store": api_rate / db_rate,
-        "submissions_goal_per_s": 200, "threads": args.threads, "submissions": args.submissions,
-        "round_with_queue_s": round_s, "queued": args.queued,
+        "latency": lat,
+        "latency_goal_s": 1.0,
+        "submissions_per_s": api_rate,
+        "store_inserts_per_s": db_rate,
+        "api_vs_store": api_rate / db_rate,
+        "submissions_goal_per_s": 200,
+        "threads": args.threads,
+        "submissions": args.submissions,
+        "round_with_queue_s": round_s,
+        "queued": args.queued,
     }
     table = Table(title="corral service")
     for col in ("measure", "value", "baseline / goal", "ratio"):
         table.add_column(col)
-    table.add_row("submit -> RUNNING (server events, median)", f"{lat['server_median_s'] * 1000:.0f} ms",
-                  "goal 1000 ms", f"{lat['server_median_s'] / 1.0:.3f} of goal")
-    table.add_row("submit -> RUNNING (client sees it, median / max)",
-                  f"{lat['client_median_s'] * 1000:.0f} / {lat['client_max_s'] * 1000:.0f} ms", "goal 1000 ms",
-                  f"{lat['client_median_s'] / 1.0:.3f} of goal")
-    table.add_row(f"submissions/s over HTTP ({args.threads} threads)", f"{api_rate:,.0f}",
-                  f"store alone {db_rate:,.0f}/s; goal 200/s", f"{api_rate / db_rate:.2f} of store")
+    table.add_row(
+        "submit -> RUNNING (server events, median)",
+        f"{lat['server_median_s'] * 1000:.0f} ms",
+        "goal 1000 ms",
+        f"{lat['server_median_s'] / 1.0:.3f} of goal",
+    )
+    table.add_row(
+        "submit -> RUNNING (client sees it, median / max)",
+        f"{lat['client_median_s'] * 1000:.0f} / {lat['client_max_s'] * 1000:.0f} ms",
+        "goal 1000 ms",
+        f"{lat['client_median_s'] / 1.0:.3f} of goal",
+    )
+    table.add_row(
+        f"submissions/s over HTTP ({args.threads} threads)",
+        f"{api_rate:,.0f}",
+        f"store alone {db_rate:,.0f}/s; goal 200/s",
+        f"{api_rate / db_rate:.2f} of store",
+    )
     table.add_row(f"one round, {args.queued} queued jobs", f"{round_s * 1000:.1f} ms", "", "")
     console.print(table)
     out = ROOT / "benchmarks" / "results" / "service.json"

@@ -67,25 +67,51 @@ WORKLOAD = [
 
 def spec(name: str, gpus: int, lo: int, hi: int, epochs: int, priority: int, sleep: float) -> dict[str, Any]:
     """The job's spec: digits at 32 samples per worker, `sleep` s of emulated device time per step."""
-    return {"name": name, "workdir": str(ROOT), "priority": priority,
-            "entrypoint": f"{sys.executable} {DIGITS} --epochs {epochs} --step-sleep {sleep} --checkpoint-every 10",
-            "resources": {"gpus": gpus, "min_gpus": lo, "max_gpus": hi}, "env": {"OMP_NUM_THREADS": "1"}}
+    return {
+        "name": name,
+        "workdir": str(ROOT),
+        "priority": priority,
+        "entrypoint": f"{sys.executable} {DIGITS} --epochs {epochs} --step-sleep {sleep} --checkpoint-every 10",
+        "resources": {"gpus": gpus, "min_gpus": lo, "max_gpus": hi},
+        "env": {"OMP_NUM_THREADS": "1"},
+    }
 
 
 def run_live(policy: str, sleep: float, console: Console) -> list[dict[str, Any]]:
     """Submit the workload to a live server and return every job with its events and metrics."""
     home = Path(tempfile.mkdtemp(prefix="corral-simlive-"))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli", "server", "--home", str(home), "--port", str(port),
-                             "--devices", str(DEVICES), "--round", "1", "--grace", "10", "--policy", policy],
-                            env=dict(os.environ, CORRAL_HOME=str(home)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "corral.cli",
+            "server",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--devices",
+            str(DEVICES),
+            "--round",
+            "1",
+            "--grace",
+            "10",
+            "--policy",
+            policy,
+        ],
+        env=dict(os.environ, CORRAL_HOME=str(home)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(url, proc)
         token = (home / "admin-token").read_text().strip()
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c, \
-                Progress(console=console, transient=True) as bar:
+        with (
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c,
+            Progress(console=console, transient=True) as bar,
+        ):
             task = bar.add_task(f"live {policy}", total=len(WORKLOAD))
             t0 = time.time()
             ids: dict[str, int] = {}
@@ -154,10 +180,20 @@ def simulate_like(live: list[dict[str, Any]], policy: str) -> dict[str, float]:
     trace = []
     for name, offset, g, lo, hi, _, pr in WORKLOAD:
         p = profiles[name]
-        trace.append(TraceJob(id=name, submit_time=float(offset), gpus=g, min_gpus=lo, max_gpus=hi,
-                              duration=max(1.0, p["work"]), priority=pr))
-    cfg = SimConfig(round_s=1.0, restart_overhead_s=overhead, start_overhead=True, event_rounds=True,
-                    cross_node_penalty=0.0)
+        trace.append(
+            TraceJob(
+                id=name,
+                submit_time=float(offset),
+                gpus=g,
+                min_gpus=lo,
+                max_gpus=hi,
+                duration=max(1.0, p["work"]),
+                priority=pr,
+            )
+        )
+    cfg = SimConfig(
+        round_s=1.0, restart_overhead_s=overhead, start_overhead=True, event_rounds=True, cross_node_penalty=0.0
+    )
     result = simulate(trace, policies.get(policy), ClusterView.uniform(1, DEVICES), cfg)
     return {r.id: (r.finish_time or 0.0) - r.submit_time for r in result.jobs} | {"_overhead": overhead}
 
@@ -177,10 +213,19 @@ def main() -> None:
         for j in live:
             t_submit = j["submit_time"] - j["t0"]
             live_jct = j["end_time"] - j["submit_time"]
-            rows.append({"job": j["name"], "submit": round(t_submit, 1), "offset": offsets[j["name"]],
-                         "live_jct": round(live_jct, 2), "sim_jct": round(sim[j["name"]], 2),
-                         "live_end": j["end_time"] - j["t0"], "sim_end": offsets[j["name"]] + sim[j["name"]],
-                         "preemptions": j["preemptions"], "resizes": j["resizes"]})
+            rows.append(
+                {
+                    "job": j["name"],
+                    "submit": round(t_submit, 1),
+                    "offset": offsets[j["name"]],
+                    "live_jct": round(live_jct, 2),
+                    "sim_jct": round(sim[j["name"]], 2),
+                    "live_end": j["end_time"] - j["t0"],
+                    "sim_end": offsets[j["name"]] + sim[j["name"]],
+                    "preemptions": j["preemptions"],
+                    "resizes": j["resizes"],
+                }
+            )
         rows.sort(key=lambda r: r["offset"])
         avg_live = statistics.mean(r["live_jct"] for r in rows)
         avg_sim = statistics.mean(r["sim_jct"] for r in rows)
@@ -190,17 +235,32 @@ def main() -> None:
         for col in ("job", "live", "sim", "sim/live", "preempt.", "resizes"):
             table.add_column(col, justify="right" if col != "job" else "left")
         for r in rows:
-            table.add_row(r["job"], f"{r['live_jct']:.1f}", f"{r['sim_jct']:.1f}",
-                          f"{r['sim_jct'] / r['live_jct']:.2f}", str(r["preemptions"]), str(r["resizes"]))
+            table.add_row(
+                r["job"],
+                f"{r['live_jct']:.1f}",
+                f"{r['sim_jct']:.1f}",
+                f"{r['sim_jct'] / r['live_jct']:.2f}",
+                str(r["preemptions"]),
+                str(r["resizes"]),
+            )
         table.add_row("average", f"{avg_live:.1f}", f"{avg_sim:.1f}", f"{avg_sim / avg_live:.2f}", "", "")
         console.print(table)
         same = live_order == sim_order
-        console.print(f"order of completion {'the same' if same else 'differs'}: live {live_order}"
-                      + ("" if same else f", sim {sim_order}"))
+        console.print(
+            f"order of completion {'the same' if same else 'differs'}: live {live_order}"
+            + ("" if same else f", sim {sim_order}")
+        )
         console.print(f"per-run fixed cost used as the restart overhead: {sim['_overhead']:.2f} s")
-        results["policies"][policy] = {"jobs": rows, "avg_live": avg_live, "avg_sim": avg_sim,
-                                       "ratio": avg_sim / avg_live, "same_order": same, "live_order": live_order,
-                                       "sim_order": sim_order, "overhead_s": sim["_overhead"]}
+        results["policies"][policy] = {
+            "jobs": rows,
+            "avg_live": avg_live,
+            "avg_sim": avg_sim,
+            "ratio": avg_sim / avg_live,
+            "same_order": same,
+            "live_order": live_order,
+            "sim_order": sim_order,
+            "overhead_s": sim["_overhead"],
+        }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "sim_live.json").write_text(json.dumps(results, indent=2))

@@ -64,7 +64,9 @@ def main() -> None:
     ap.add_argument("--modes", default="event,periodic", help="comma-separated: event, periodic")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10,000 jobs, 2,000 for the reference")
-    ap.add_argument("--reference-jobs", type=int, default=5_000, help="trace size of the full-rounds reference (0: none)")
+    ap.add_argument(
+        "--reference-jobs", type=int, default=5_000, help="trace size of the full-rounds reference (0: none)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     jobs_n = 10_000 if args.quick else args.jobs
@@ -87,12 +89,15 @@ def main() -> None:
         for name in names:
             r = simulate(jobs, policies.get(name), cluster, config)
             m = compute_metrics(r)
-            runs.append({
-                "mode": mode, "policy": name, "wall_s": round(r.wall_s, 2), "events": r.events,
-                "rounds": r.rounds, "events_per_s": round(r.events / r.wall_s), "rounds_per_s": round(r.rounds / r.wall_s),
-                "finished": m.finished, "avg_jct_s": m.avg_jct, "avg_wait_s": m.avg_queueing_delay, "makespan_s": m.makespan, "utilisation": m.utilisation,
-                "simulated_s": r.end_time,
-            })  # fmt: skip
+            runs.append(
+                {
+                    "mode": mode, "policy": name, "wall_s": round(r.wall_s, 2), "events": r.events,
+                    "rounds": r.rounds, "events_per_s": round(r.events / r.wall_s),
+                    "rounds_per_s": round(r.rounds / r.wall_s), "finished": m.finished, "avg_jct_s": m.avg_jct,
+                    "avg_wait_s": m.avg_queueing_delay, "makespan_s": m.makespan, "utilisation": m.utilisation,
+                    "simulated_s": r.end_time,
+                }
+            )  # fmt: skip
             console.print(f"{mode:>8} {name:<10} {r.wall_s:7.1f} s wall, {r.events:,} events, {r.rounds:,} rounds")
 
     reference = []
@@ -103,15 +108,22 @@ def main() -> None:
             for name in names:
                 fast = simulate(small, policies.get(name), cluster, config)
                 full = simulate(small, FullRounds(name), cluster, config)
-                same = [(j.first_start, j.finish_time) for j in fast.jobs] == [(j.first_start, j.finish_time) for j in full.jobs]
-                reference.append({"mode": mode, "policy": name, "jobs": ref_n, "incremental_wall_s": round(fast.wall_s, 2),
+                same = [(j.first_start, j.finish_time) for j in fast.jobs] == [
+                    (j.first_start, j.finish_time) for j in full.jobs
+                ]
+                reference.append({"mode": mode, "policy": name, "jobs": ref_n,
+                                  "incremental_wall_s": round(fast.wall_s, 2),
                                   "full_wall_s": round(full.wall_s, 2), "speedup": round(full.wall_s / fast.wall_s, 1),
                                   "same_schedule": same})  # fmt: skip
-                console.print(f"reference {ref_n:,} jobs {mode:>8} {name:<10} full rounds {full.wall_s:6.1f} s, "
-                              f"incremental {fast.wall_s:5.1f} s ({full.wall_s / fast.wall_s:.1f}x), same schedule: {same}")
+                console.print(
+                    f"reference {ref_n:,} jobs {mode:>8} {name:<10} full rounds {full.wall_s:6.1f} s, "
+                    f"incremental {fast.wall_s:5.1f} s ({full.wall_s / fast.wall_s:.1f}x), same schedule: {same}"
+                )
 
-    table = Table(title=f"Simulator scale: {jobs_n:,} synthetic jobs on {args.cluster} ({cluster.total_devices} devices)",
-                  title_justify="left")
+    table = Table(
+        title=f"Simulator scale: {jobs_n:,} synthetic jobs on {args.cluster} ({cluster.total_devices} devices)",
+        title_justify="left",
+    )
     cols = ("run", "wall (s)", "events/s", "rounds/s", f"x {BASELINE}", "avg JCT (s)", "x full", "before (s)")
     for col in cols:
         table.add_column(col, justify="left" if col == "run" else "right", no_wrap=col == "run")

@@ -51,13 +51,22 @@ def main() -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--step-sleep", type=float, default=0.0,
-                   help="seconds of emulated accelerator time per step (CPU-only hosts whose device slots share "
-                        "cores: benchmarks/sim_live.py)")
+    p.add_argument(
+        "--step-sleep",
+        type=float,
+        default=0.0,
+        help="seconds of emulated accelerator time per step (CPU-only hosts whose device slots share "
+        "cores: benchmarks/sim_live.py)",
+    )
     args = p.parse_args()
 
-    job = corral.init(strategy="ddp", precision=args.precision, grad_accum=args.grad_accum,
-                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
+    job = corral.init(
+        strategy="ddp",
+        precision=args.precision,
+        grad_accum=args.grad_accum,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+    )
     train, test = data()
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)

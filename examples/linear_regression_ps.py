@@ -59,8 +59,7 @@ def train(args: argparse.Namespace) -> None:
             job.step(((net(x).squeeze(-1) - y) ** 2).mean())
             steps += 1
             if job.is_main:
-                trace.append((min(job.step_count * per_step / args.n, epoch + 1.0), time.perf_counter() - start,
-                              mse()))
+                trace.append((min(job.step_count * per_step / args.n, epoch + 1.0), time.perf_counter() - start, mse()))
         # Every replica holds the servers' values at an epoch's end (bsp: always; asp: pulled).
         curve.append((epoch + 1, time.perf_counter() - start, mse()))
     my_steps = torch.tensor([float(steps)])
@@ -72,9 +71,14 @@ def train(args: argparse.Namespace) -> None:
         per_worker = [steps]
     if job.is_main:
         result = {
-            "consistency": args.consistency, "curve": curve, "trace": trace, "steps_per_worker": per_worker,
-            "w": net.weight.detach().flatten().tolist(), "b": net.bias.item(),
-            "w_true": w_true.tolist(), "b_true": b_true,
+            "consistency": args.consistency,
+            "curve": curve,
+            "trace": trace,
+            "steps_per_worker": per_worker,
+            "w": net.weight.detach().flatten().tolist(),
+            "b": net.bias.item(),
+            "w_true": w_true.tolist(),
+            "b_true": b_true,
         }
         Path(args.result).write_text(json.dumps(result))
     job.finish()
@@ -90,15 +94,36 @@ def drive(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for consistency in ("bsp", "asp"):
             result = Path(tmp) / f"{consistency}.json"
-            cmd = [sys.executable, "-m", "corral.cli", "run", "--nproc", str(args.nproc), "--servers",
-                   str(args.servers), __file__, "--consistency", consistency, "--result", str(result),
-                   "--epochs", str(args.epochs), "--lr", str(args.lr), "--n", str(args.n),
-                   "--batch-size", str(args.batch_size)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "corral.cli",
+                "run",
+                "--nproc",
+                str(args.nproc),
+                "--servers",
+                str(args.servers),
+                __file__,
+                "--consistency",
+                consistency,
+                "--result",
+                str(result),
+                "--epochs",
+                str(args.epochs),
+                "--lr",
+                str(args.lr),
+                "--n",
+                str(args.n),
+                "--batch-size",
+                str(args.batch_size),
+            ]
             env = dict(os.environ, OMP_NUM_THREADS="1")
             if args.straggler:
                 env["CORRAL_STRAGGLER"] = args.straggler
-            console.print(f"[bold]{consistency}[/]: corral run --nproc {args.nproc} --servers {args.servers}"
-                          + (f"  (CORRAL_STRAGGLER={args.straggler})" if args.straggler else ""))
+            console.print(
+                f"[bold]{consistency}[/]: corral run --nproc {args.nproc} --servers {args.servers}"
+                + (f"  (CORRAL_STRAGGLER={args.straggler})" if args.straggler else "")
+            )
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.stderr.write(proc.stdout + proc.stderr)
@@ -123,8 +148,9 @@ def drive(args: argparse.Namespace) -> None:
     console.print(weights)
     for name, r in results.items():
         err = max(abs(a - b) for a, b in zip(r["w"], r["w_true"]))
-        console.print(f"{name}: max |w - w_true| = {err:.4f}, final mse {r['curve'][-1][2]:.5f}, "
-                      f"{r['curve'][-1][1]:.2f} s")
+        console.print(
+            f"{name}: max |w - w_true| = {err:.4f}, final mse {r['curve'][-1][2]:.5f}, {r['curve'][-1][1]:.2f} s"
+        )
     plot(results, Path(args.png), args)
     console.print(f"wrote {args.png}")
 
@@ -141,8 +167,9 @@ def plot(results: dict, path: Path, args: argparse.Namespace) -> None:
         epochs, seconds, mse = zip(*results[name]["trace"])
         by_epoch.plot(epochs, mse, style, label=f"{name} (rank 0, after each step)")
         by_time.plot(seconds, mse, style, label=name)
-    by_epoch.set(xlabel="epochs of data in the servers' weights", ylabel="full-data MSE", yscale="log",
-                 title="loss per epoch")
+    by_epoch.set(
+        xlabel="epochs of data in the servers' weights", ylabel="full-data MSE", yscale="log", title="loss per epoch"
+    )
     by_time.set(xlabel="seconds of training", ylabel="full-data MSE", yscale="log", title="loss over wall time")
     for ax in (by_epoch, by_time):
         ax.grid(True, alpha=0.3)

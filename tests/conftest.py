@@ -22,8 +22,7 @@ def corral_cmd(*args: str) -> list[str]:
 def run_corral(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `corral ARGS...` to the end and capture its output."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(corral_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=ROOT)
+    return subprocess.run(corral_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
 
 
 def read_traces(out: Path) -> dict[tuple[int, int], dict]:

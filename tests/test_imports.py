@@ -124,8 +124,14 @@ def layer(module: str) -> str | None:
     if module == "corral":
         return "runtime"  # the root package is the Job API's front door
     parts = module.split(".")
-    return {"runtime": "runtime", "sched": "sched", "sim": "sim", "control": "control", "cli": "cli",
-            "errors": "errors"}.get(parts[1])
+    return {
+        "runtime": "runtime",
+        "sched": "sched",
+        "sim": "sim",
+        "control": "control",
+        "cli": "cli",
+        "errors": "errors",
+    }.get(parts[1])
 
 
 def strongly_connected(nodes: list[str], edges: list[Edge]) -> list[list[str]]:
@@ -239,8 +245,10 @@ def test_imports_point_the_way_the_design_draws_them(graph: tuple[dict[str, Path
         elif e.dst == "corral.cli":
             bad.append(f"{e.where()}: {e.src} imports corral.cli; the CLI is the top, nothing imports it")
         elif e.dst == "corral" and set(e.names) - ROOT_NAMES_OK:
-            bad.append(f"{e.where()}: {e.src} imports {', '.join(e.names)} from the root facade `corral`; "
-                       "import it from the runtime module that defines it")
+            bad.append(
+                f"{e.where()}: {e.src} imports {', '.join(e.names)} from the root facade `corral`; "
+                "import it from the runtime module that defines it"
+            )
     assert not bad, "imports against the design's direction:\n" + "\n".join(bad)
 
 
@@ -256,8 +264,9 @@ def test_no_import_cycles(graph: tuple[dict[str, Path], list[Edge]]) -> None:
 
 
 def test_tarjan_finds_every_cycle_and_nothing_else() -> None:
-    edges = [Edge(a, b, 1) for a, b in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d"), ("d", "e"), ("e", "d"),
-                                        ("f", "a")]]
+    edges = [
+        Edge(a, b, 1) for a, b in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d"), ("d", "e"), ("e", "d"), ("f", "a")]
+    ]
     comps = strongly_connected(list("abcdef"), edges)
     assert sorted(comps) == [["a", "b", "c"], ["d", "e"]]
     cycle = _cycle_in(["a", "b", "c"], edges)

@@ -43,8 +43,10 @@ def resolve_token(token: str | None = None) -> str:
     except OSError:
         text = ""
     if not text:
-        raise UserError(f"no token: pass --token TOKEN, set CORRAL_TOKEN, or write it to {path} "
-                        "(an admin creates one with `corral token create NAME`)")
+        raise UserError(
+            f"no token: pass --token TOKEN, set CORRAL_TOKEN, or write it to {path} "
+            "(an admin creates one with `corral token create NAME`)"
+        )
     return text
 
 
@@ -54,8 +56,12 @@ class Client:
     def __init__(self, server: str, token: str, *, timeout: float = TIMEOUT) -> None:
         self.server = server.rstrip("/")
         # Plain http needs no TLS context (loading the CA bundle costs tens of milliseconds).
-        self._http = httpx.Client(base_url=self.server + API, headers={"Authorization": f"Bearer {token}"},
-                                  timeout=timeout, verify=self.server.startswith("https://"))
+        self._http = httpx.Client(
+            base_url=self.server + API,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            verify=self.server.startswith("https://"),
+        )
 
     @classmethod
     def from_options(cls, server: str | None = None, token: str | None = None) -> Client:
@@ -75,8 +81,10 @@ class Client:
     # -- plumbing --------------------------------------------------------------
 
     def _unreachable(self) -> UserError:
-        return UserError(f"cannot reach the corral server at {self.server}: start it with `corral server` "
-                         "or set --server/CORRAL_SERVER")
+        return UserError(
+            f"cannot reach the corral server at {self.server}: start it with `corral server` "
+            "or set --server/CORRAL_SERVER"
+        )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -91,8 +99,9 @@ class Client:
         try:
             return resp.json()
         except ValueError:
-            raise UserError(f"the server at {self.server} answered {path} with something that is not JSON; "
-                            "is it a corral server?") from None
+            raise UserError(
+                f"the server at {self.server} answered {path} with something that is not JSON; is it a corral server?"
+            ) from None
 
     # -- routes ----------------------------------------------------------------
 
@@ -112,8 +121,9 @@ class Client:
         """Queue a job from a spec mapping; returns the job."""
         return dict(self._json("POST", "/jobs", json=spec))
 
-    def jobs(self, states: Sequence[str] | None = None, user: str | None = None,
-             limit: int | None = None) -> list[dict[str, Any]]:
+    def jobs(
+        self, states: Sequence[str] | None = None, user: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         """Jobs, newest first, filtered by state and user."""
         params: list[tuple[str, str | int]] = [("state", s) for s in states or ()]
         if user:
@@ -172,8 +182,9 @@ class Client:
         while True:
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             try:
-                with self._http.stream("GET", f"/jobs/{job_id}/logs", params={**params, "offset": offset},
-                                       timeout=timeout) as resp:
+                with self._http.stream(
+                    "GET", f"/jobs/{job_id}/logs", params={**params, "offset": offset}, timeout=timeout
+                ) as resp:
                     if resp.is_error:
                         resp.read()
                         _raise_for_status(resp, self.server)
@@ -193,8 +204,9 @@ class Client:
                 # The server streams whole lines, so resuming at `offset` repeats and loses nothing.
                 retries += 1
                 if retries > FOLLOW_RETRIES:
-                    raise UserError(f"lost the log stream of job {job_id} from {self.server}; "
-                                    f"run `corral logs {job_id}` again") from None
+                    raise UserError(
+                        f"lost the log stream of job {job_id} from {self.server}; run `corral logs {job_id}` again"
+                    ) from None
 
 
 def _raise_for_status(resp: httpx.Response, server: str) -> None:
@@ -212,8 +224,7 @@ def _raise_for_status(resp: httpx.Response, server: str) -> None:
         detail = resp.text.strip().splitlines()[0] if resp.text.strip() else ""
     detail = " ".join(detail.split()) or f"HTTP {resp.status_code} {resp.reason_phrase}"
     if resp.status_code == 401 and detail == "invalid token":
-        detail = (f"invalid token for {server}: check --token, CORRAL_TOKEN or "
-                  f"{client_home() / 'token'}")
+        detail = f"invalid token for {server}: check --token, CORRAL_TOKEN or {client_home() / 'token'}"
     elif resp.status_code >= 500:
         detail = f"the corral server at {server} failed ({resp.status_code}): {detail}"
     raise UserError(detail)

@@ -30,16 +30,38 @@ MAX_RANK = 4096
 MAX_LIMIT = 10_000
 RECENT = 3600.0  # seconds: `corral jobs` shows jobs that ended this recently
 POLL = 1.0  # seconds between polls of `submit --wait`
-JOB_COLOURS = ("blue", "green", "magenta", "cyan", "yellow", "red", "bright_blue", "bright_green",
-               "bright_magenta", "bright_cyan", "dark_orange", "purple", "spring_green3", "deep_pink3")
+JOB_COLOURS = (
+    "blue",
+    "green",
+    "magenta",
+    "cyan",
+    "yellow",
+    "red",
+    "bright_blue",
+    "bright_green",
+    "bright_magenta",
+    "bright_cyan",
+    "dark_orange",
+    "purple",
+    "spring_green3",
+    "deep_pink3",
+)
 
-ServerOpt = Annotated[str | None, typer.Option(
-    "--server", help="URL of the corral server (default: CORRAL_SERVER, else http://127.0.0.1:8765).",
-    show_default=False)]
-TokenOpt = Annotated[str | None, typer.Option(
-    "--token", help="API token (default: CORRAL_TOKEN, else the file $CORRAL_HOME/token).", show_default=False)]
-JobIdArg = Annotated[str, typer.Argument(help="Job id (as `corral jobs` shows it).", metavar="ID",
-                                         show_default=False)]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="URL of the corral server (default: CORRAL_SERVER, else http://127.0.0.1:8765).",
+        show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", help="API token (default: CORRAL_TOKEN, else the file $CORRAL_HOME/token).", show_default=False
+    ),
+]
+JobIdArg = Annotated[str, typer.Argument(help="Job id (as `corral jobs` shows it).", metavar="ID", show_default=False)]
 # ID arguments take "-3" as a value (then refused with a clear line) instead of an unknown option.
 ID_COMMAND = {"ignore_unknown_options": True}
 
@@ -136,21 +158,34 @@ def _esc(text: Any) -> str:
 def server_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
-    db: Annotated[str | None, typer.Option(
-        help="SQLAlchemy database URL (default: CORRAL_DB, else SQLite at HOME/corral.db).",
-        show_default=False)] = None,
-    devices: Annotated[int | None, typer.Option(
-        help="Device slots to hand out (default: the CUDA devices, else one per two CPU cores).",
-        show_default=False)] = None,
-    policy: Annotated[str, typer.Option(help="Scheduling policy: fifo, fifo-backfill, priority, srtf, "
-                                             "tiresias, themis, pollux.")] = "priority",
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy database URL (default: CORRAL_DB, else SQLite at HOME/corral.db).", show_default=False
+        ),
+    ] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(
+            help="Device slots to hand out (default: the CUDA devices, else one per two CPU cores).", show_default=False
+        ),
+    ] = None,
+    policy: Annotated[
+        str, typer.Option(help="Scheduling policy: fifo, fifo-backfill, priority, srtf, tiresias, themis, pollux.")
+    ] = "priority",
     placer: Annotated[str, typer.Option(help="Placement: pack, spread or random.")] = "pack",
-    round_s: Annotated[float, typer.Option("--round", help="Seconds between periodic scheduling rounds.",
-                                           metavar="SECONDS")] = 5.0,
-    grace: Annotated[float, typer.Option(help="Seconds a stopped job gets to checkpoint before it is killed.",
-                                         metavar="SECONDS")] = 10.0,
-    home: Annotated[Path | None, typer.Option(
-        help="Where state, logs and tokens live (default: CORRAL_HOME, else ~/.corral).", show_default=False)] = None,
+    round_s: Annotated[
+        float, typer.Option("--round", help="Seconds between periodic scheduling rounds.", metavar="SECONDS")
+    ] = 5.0,
+    grace: Annotated[
+        float, typer.Option(help="Seconds a stopped job gets to checkpoint before it is killed.", metavar="SECONDS")
+    ] = 10.0,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where state, logs and tokens live (default: CORRAL_HOME, else ~/.corral).", show_default=False
+        ),
+    ] = None,
     executor: Annotated[str, typer.Option(help="Where jobs run: local (process gangs on this machine).")] = "local",
 ) -> None:
     """Run the corral service: HTTP API, dashboard and scheduler loop, in the foreground."""
@@ -177,24 +212,35 @@ def server_command(
     check_port(host, port)
     home_dir = (home or client_home()).expanduser().resolve()
     had_token = (home_dir / "token").exists()
-    service = Service(ServiceConfig(home=home_dir, db=db, devices=devices, policy=policy, placer=placer,
-                                    round_seconds=round_s, grace=grace, executor=executor))
+    service = Service(
+        ServiceConfig(
+            home=home_dir,
+            db=db,
+            devices=devices,
+            policy=policy,
+            placer=placer,
+            round_seconds=round_s,
+            grace=grace,
+            executor=executor,
+        )
+    )
     written = service.ensure_admin()
     if written is not None:
         also = "" if had_token else f" (also {home_dir / 'token'})"
         print(f"admin token written to {written}{also}", flush=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     url = f"http://{shown}:{port}"
-    print(f"corral server: {service.total_devices()} devices ({executor} executor), policy {policy}, "
-          f"home {home_dir}", flush=True)
+    print(
+        f"corral server: {service.total_devices()} devices ({executor} executor), policy {policy}, home {home_dir}",
+        flush=True,
+    )
     print(f"dashboard: {url}/   API docs: {url}/docs", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(service, host, port)
 
 
 def token_create(
-    user: Annotated[str, typer.Argument(help="Name of the user to create (or give a new token).",
-                                        show_default=False)],
+    user: Annotated[str, typer.Argument(help="Name of the user to create (or give a new token).", show_default=False)],
     admin: Annotated[bool, typer.Option("--admin", help="Make the user an admin.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -207,8 +253,7 @@ def token_create(
     kind = "admin" if out["admin"] else "user"
     print(f"token for {kind} {out['name']} (shown once; keep it secret):")
     print(out["token"])
-    print(f"use it: export CORRAL_TOKEN={out['token']}  "
-          f"(or pass --token, or save it in {client_home() / 'token'})")
+    print(f"use it: export CORRAL_TOKEN={out['token']}  (or pass --token, or save it in {client_home() / 'token'})")
 
 
 # -- jobs ----------------------------------------------------------------------------
@@ -236,10 +281,10 @@ def _check_script(spec: Any, workdir: str, job_file: Path) -> None:
 
 
 def submit_command(
-    job_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON).", metavar="JOB.yaml",
-                                             show_default=False)],
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; exit 0 only if it "
-                                                     "succeeded.")] = False,
+    job_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON).", metavar="JOB.yaml", show_default=False)],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job until it ends; exit 0 only if it succeeded.")
+    ] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -272,8 +317,10 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
                 if job["state"] in TERMINAL:
                     break
                 last = f" | {_esc(job['last_log'][-80:])}" if job.get("last_log") else ""
-                status.update(f"job {job['id']} {_state(job)} {_esc(job['reason'])} "
-                              f"{_progress(job)} {_duration(job['run_time'])} running{last}")
+                status.update(
+                    f"job {job['id']} {_state(job)} {_esc(job['reason'])} "
+                    f"{_progress(job)} {_duration(job['run_time'])} running{last}"
+                )
                 time.sleep(POLL)
                 job = client.job(job["id"])
     except KeyboardInterrupt:
@@ -286,13 +333,18 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
 
 
 def jobs_command(
-    state: Annotated[list[str] | None, typer.Option(
-        "--state", "-s", help="Show jobs in this state (repeatable): " + ", ".join(STATES) + ".",
-        show_default=False)] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state", "-s", help="Show jobs in this state (repeatable): " + ", ".join(STATES) + ".", show_default=False
+        ),
+    ] = None,
     user: Annotated[str | None, typer.Option(help="Only this user's jobs.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Every job, also those that ended long ago.")] = False,
-    limit: Annotated[int | None, typer.Option(help=f"At most N jobs (1..{MAX_LIMIT}), newest first.",
-                                                 metavar="N", show_default=False)] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help=f"At most N jobs (1..{MAX_LIMIT}), newest first.", metavar="N", show_default=False),
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -323,8 +375,17 @@ def jobs_command(
     for col in ("ID", "NAME", "USER", "STATE", "REASON", "DEVICES", "PRIORITY", "AGE", "PROGRESS"):
         table.add_column(col, justify="right" if col in ("ID", "PRIORITY", "DEVICES") else "left")
     for j in jobs:
-        table.add_row(str(j["id"]), _esc(j["name"]), _esc(j["user"]), _state(j), _esc(j["reason"] or "-"),
-                      _devices(j), str(j["priority"]), _duration(now - j["submit_time"]), _progress(j))
+        table.add_row(
+            str(j["id"]),
+            _esc(j["name"]),
+            _esc(j["user"]),
+            _state(j),
+            _esc(j["reason"] or "-"),
+            _devices(j),
+            str(j["priority"]),
+            _duration(now - j["submit_time"]),
+            _progress(j),
+        )
     console.print(table)
 
 
@@ -358,19 +419,25 @@ def _print_job(job: dict[str, Any], events: list[dict[str, Any]], metrics: list[
     spec = {k: v for k, v in job["spec"].items() if v not in (None, {}, [])}
     console.print("[bold]spec[/]")
     console.print(_esc(yaml.safe_dump(spec, sort_keys=False).rstrip()), soft_wrap=True)
-    console.print(f"[bold]allocation[/] {', '.join(job['devices']) or 'none'}  "
-                  f"(wants {_wanted(job)}, priority {job['priority']})")
+    console.print(
+        f"[bold]allocation[/] {', '.join(job['devices']) or 'none'}  (wants {_wanted(job)}, priority {job['priority']})"
+    )
     counters = Table(box=None, show_header=False, title="counters", title_justify="left", title_style="bold")
     counters.add_column(style="dim")
     counters.add_column()
     for name, value in (
-        ("submitted", _clock(job["submit_time"])), ("started", _clock(job["start_time"])),
-        ("ended", _clock(job["end_time"])), ("queue time", _duration(job["queue_time"])),
+        ("submitted", _clock(job["submit_time"])),
+        ("started", _clock(job["start_time"])),
+        ("ended", _clock(job["end_time"])),
+        ("queue time", _duration(job["queue_time"])),
         ("run time", _duration(job["run_time"])),
         ("device time", f"{job['attained_service']:.0f} device-seconds"),
-        ("attempt", str(job["attempt"])), ("restarts", str(job["restarts"])),
-        ("preemptions", str(job["preemptions"])), ("resizes", str(job["resizes"])),
-        ("exit code", "-" if job["exit_code"] is None else str(job["exit_code"])), ("progress", _progress(job)),
+        ("attempt", str(job["attempt"])),
+        ("restarts", str(job["restarts"])),
+        ("preemptions", str(job["preemptions"])),
+        ("resizes", str(job["resizes"])),
+        ("exit code", "-" if job["exit_code"] is None else str(job["exit_code"])),
+        ("progress", _progress(job)),
     ):
         counters.add_row(name, value)
     console.print(counters)
@@ -383,8 +450,9 @@ def _print_job(job: dict[str, Any], events: list[dict[str, Any]], metrics: list[
     if metrics:
         last = metrics[-1]
         values = "  ".join(f"{k}={v:.4g}" for k, v in sorted(last["values"].items()))
-        console.print(f"[bold]metrics[/] step {last['step']} at {_clock(last['time'])}: {_esc(values)}  "
-                      f"({len(metrics)} reports)")
+        console.print(
+            f"[bold]metrics[/] step {last['step']} at {_clock(last['time'])}: {_esc(values)}  ({len(metrics)} reports)"
+        )
     else:
         console.print("[bold]metrics[/] none reported")
     if job.get("last_log"):
@@ -394,8 +462,10 @@ def _print_job(job: dict[str, Any], events: list[dict[str, Any]], metrics: list[
 def logs_command(
     job_id: JobIdArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing output until the job ends.")] = False,
-    rank: Annotated[int | None, typer.Option(help="Only this rank's output (default: every rank, prefixed).",
-                                                metavar="R", show_default=False)] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(help="Only this rank's output (default: every rank, prefixed).", metavar="R", show_default=False),
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -433,8 +503,9 @@ def cancel_command(
     if job["state"] == JobState.CANCELLED.value:
         console.print(f"job {jid} ({_esc(job['name'])}): {_state(job)}")
     else:
-        console.print(f"job {jid} ({_esc(job['name'])}): {_state(job)}, cancelling; it becomes CANCELLED "
-                      "once its ranks stop")
+        console.print(
+            f"job {jid} ({_esc(job['name'])}): {_state(job)}, cancelling; it becomes CANCELLED once its ranks stop"
+        )
 
 
 def cluster_command(
@@ -463,13 +534,13 @@ def cluster_command(
     for node, devs in nodes.items():
         for start in range(0, len(devs), per_line):
             row = Text()
-            for d in devs[start:start + per_line]:
+            for d in devs[start : start + per_line]:
                 if d["job_id"] is None:
                     row.append(f"{'free':^{width}}" if width >= 4 else f"{'.':^{width}}", style="dim")
                 else:
                     row.append(f"{d['job_id']:^{width}}", style=f"bold white on {colour[d['job_id']]}")
                 row.append(" ")
-            label = f"{node} {start}-{start + len(devs[start:start + per_line]) - 1}"
+            label = f"{node} {start}-{start + len(devs[start : start + per_line]) - 1}"
             grid.add_row(label, row)
     console.print(grid)
     if jobs:
@@ -478,17 +549,22 @@ def cluster_command(
             legend.add_column(col)
         for jid in sorted(jobs):
             j = jobs[jid]
-            legend.add_row(Text(f" {jid} ", style=f"bold white on {colour[jid]}"), _esc(j["name"]),
-                           _esc(j["user"]), str(j["devices"]))
+            legend.add_row(
+                Text(f" {jid} ", style=f"bold white on {colour[jid]}"),
+                _esc(j["name"]),
+                _esc(j["user"]),
+                str(j["devices"]),
+            )
         console.print(legend)
-    console.print(f"{info['used']}/{info['total']} devices in use, {info['running']} jobs running, "
-                  f"{info['pending']} pending; policy {info['policy']}")
+    console.print(
+        f"{info['used']}/{info['total']} devices in use, {info['running']} jobs running, "
+        f"{info['pending']} pending; policy {info['policy']}"
+    )
 
 
 def demo_command(
     devices: Annotated[int, typer.Option(help="Device slots of the demo cluster.")] = 4,
-    report_dir: Annotated[Path | None, typer.Option(help="Write the demo report here.",
-                                                       show_default=False)] = None,
+    report_dir: Annotated[Path | None, typer.Option(help="Write the demo report here.", show_default=False)] = None,
     port: Annotated[int, typer.Option(help="Port of the demo server (0: a free one).")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="A shorter demo.")] = False,
 ) -> None:

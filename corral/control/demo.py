@@ -68,13 +68,13 @@ class DemoJob:
 WORKLOAD: tuple[DemoJob, ...] = (
     # The elastic job comes alone: it starts on every device. The jobs after it
     # take the devices it holds above its request, so it shrinks (a resize).
-    DemoJob("elastic.yaml", "python examples/digits.py --epochs 10 --checkpoint-every 25", resized=True,
-            first=True),
+    DemoJob("elastic.yaml", "python examples/digits.py --epochs 10 --checkpoint-every 25", resized=True, first=True),
     DemoJob("digits-ddp.yaml", "python examples/digits.py --epochs 4"),
     DemoJob("linreg.yaml", "python examples/linear_regression.py --epochs 5"),
     DemoJob("fail-once.yaml", "python examples/demo/fail_once.py --epochs 4 --crash-after 2", restarts=1),
-    DemoJob("lowprio-long.yaml", "python examples/digits.py --epochs 25 --lr 0.02 --checkpoint-every 25",
-            preempted=True),
+    DemoJob(
+        "lowprio-long.yaml", "python examples/digits.py --epochs 25 --lr 0.02 --checkpoint-every 25", preempted=True
+    ),
     DemoJob("urgent.yaml", "python examples/digits.py --epochs 4", urgent=True),
 )
 # The urgent job arrives at least this long after the start, once the
@@ -93,8 +93,10 @@ class _Terminated(KeyboardInterrupt):
 def run_demo(devices: int = 4, report_dir: Path | None = None, port: int = 0, quick: bool = False) -> int:
     """Run the demo; return the exit code (0: every job ended as expected, 1: not, 130: interrupted)."""
     if not MIN_DEVICES <= devices <= MAX_DEVICES:
-        raise UserError(f"--devices must be between {MIN_DEVICES} and {MAX_DEVICES} (the elastic job needs "
-                        f"2 to resize), got {devices}")
+        raise UserError(
+            f"--devices must be between {MIN_DEVICES} and {MAX_DEVICES} (the elastic job needs "
+            f"2 to resize), got {devices}"
+        )
     if port:
         check_port("127.0.0.1", port)
     out = _report_dir(report_dir)
@@ -169,8 +171,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 class _Demo:
     """The state of one demo run: the service, the client, what was submitted and seen."""
 
-    def __init__(self, console: Console, home: Path, devices: int, port: int, quick: bool,
-                 workload: list[tuple[DemoJob, JobSpec]], out: Path) -> None:
+    def __init__(
+        self,
+        console: Console,
+        home: Path,
+        devices: int,
+        port: int,
+        quick: bool,
+        workload: list[tuple[DemoJob, JobSpec]],
+        out: Path,
+    ) -> None:
         self.console, self.home, self.devices, self.port, self.quick = console, home, devices, port, quick
         self.workload, self.out = workload, out
         self.t0 = time.time()
@@ -190,8 +200,9 @@ class _Demo:
 
     def run(self) -> int:
         self.t0 = time.time()
-        self.service = Service(ServiceConfig(home=self.home, devices=self.devices, policy="priority",
-                                             round_seconds=1, grace=GRACE))
+        self.service = Service(
+            ServiceConfig(home=self.home, devices=self.devices, policy="priority", round_seconds=1, grace=GRACE)
+        )
         self.service.ensure_admin()
         token = (self.home / "admin-token").read_text().strip()
         self.server = ServerThread(self.service, port=self.port).start()
@@ -209,8 +220,9 @@ class _Demo:
                 self._submit(dj, spec)
         timed_out = self._watch()
         if timed_out:
-            c.print(f"[bold red]the demo did not finish within {DEADLINE[self.quick]:.0f} s; "
-                    "cancelling what is left[/]")
+            c.print(
+                f"[bold red]the demo did not finish within {DEADLINE[self.quick]:.0f} s; cancelling what is left[/]"
+            )
             self._stop_all()
         return self._finish(timed_out)
 
@@ -283,15 +295,21 @@ class _Demo:
     def _sized_to_preempt(self, spec: JobSpec) -> JobSpec:
         """The urgent job, grown if needed to one device more than are free, so that it must preempt."""
         # Devices an elastic job holds above its request count as free: a waiting job takes them first.
-        held = sum(min(len(j["devices"]), j["gpus"]) if j["min_gpus"] < j["max_gpus"] else len(j["devices"])
-                   for j in self.jobs.values() if j["state"] in HOLDING)
+        held = sum(
+            min(len(j["devices"]), j["gpus"]) if j["min_gpus"] < j["max_gpus"] else len(j["devices"])
+            for j in self.jobs.values()
+            if j["state"] in HOLDING
+        )
         need = self.devices - held + 1  # at most free + the low-priority job's devices: it alone is preempted
         if need <= (spec.resources.gpus or 1) or need > self.devices:
             return spec
-        self.console.print(f"[dim]{spec.name} asks for {need} devices instead of {spec.resources.gpus}: "
-                           f"{need - 1} are free on this {self.devices}-device cluster[/]")
-        return spec.model_copy(update={"resources": spec.resources.model_copy(
-            update={"gpus": need, "min_gpus": need, "max_gpus": need})})
+        self.console.print(
+            f"[dim]{spec.name} asks for {need} devices instead of {spec.resources.gpus}: "
+            f"{need - 1} are free on this {self.devices}-device cluster[/]"
+        )
+        return spec.model_copy(
+            update={"resources": spec.resources.model_copy(update={"gpus": need, "min_gpus": need, "max_gpus": need})}
+        )
 
     def _poll(self) -> None:
         """Read jobs, new events and metrics; print each new event; note the devices of running jobs."""
@@ -312,7 +330,7 @@ class _Demo:
             seen = (job["state"], job["attempt"], job["restarts"], job["preemptions"], job.get("resizes"))
             if self._seen.get(jid) != seen:
                 events = self._events(jid)
-                new += [(ev["time"], jid, ev) for ev in events[len(self.events.get(jid, [])):]]
+                new += [(ev["time"], jid, ev) for ev in events[len(self.events.get(jid, [])) :]]
                 self.events[jid] = events
                 self._seen[jid] = seen
             if job["state"] != JobState.PENDING.value or jid not in self.metrics:
@@ -326,8 +344,10 @@ class _Demo:
         Read in-process: the API's events carry time, states and cause, not the data the report needs.
         """
         assert self.service is not None
-        return [{"time": e.time, "src": e.src, "dst": e.dst, "cause": e.cause, "data": e.data or {}}
-                for e in self.service.store.events(jid)]
+        return [
+            {"time": e.time, "src": e.src, "dst": e.dst, "cause": e.cause, "data": e.data or {}}
+            for e in self.service.store.events(jid)
+        ]
 
     def _metrics(self, jid: int) -> tuple[list[dict[str, Any]], str]:
         """The job's metrics from the API, completed from the metrics.jsonl in its checkpoint folder."""
@@ -340,21 +360,43 @@ class _Demo:
         job = self.jobs[jid]
         arrow = f"{ev['src']} → {ev['dst']}" if ev["src"] else ev["dst"]
         style = STATE_STYLE.get(ev["dst"], "")
-        self.console.print(Text.assemble(f"{ev['time'] - self.t0:6.1f} s  ", (f"#{jid} {job['name']:<13}", "bold"),
-                                         " ", (f"{arrow:<22}", style), " ", ev["cause"]))
+        self.console.print(
+            Text.assemble(
+                f"{ev['time'] - self.t0:6.1f} s  ",
+                (f"#{jid} {job['name']:<13}", "bold"),
+                " ",
+                (f"{arrow:<22}", style),
+                " ",
+                ev["cause"],
+            )
+        )
 
     # -- the live table ----------------------------------------------------------------
 
     def _render(self) -> Group:
         elapsed = time.time() - self.t0
         busy = sum(len(j["devices"]) for j in self.jobs.values() if j["state"] in HOLDING)
-        t = Table(title=f"corral demo · {elapsed:4.0f} s · {busy}/{self.devices} devices busy · policy priority",
-                  title_justify="left", caption=_ABBREVIATIONS, caption_justify="left", **_TABLE_STYLE)
-        for name, justify, width in (("id", "right", 2), ("job", "left", 12), ("prio", "right", 4),
-                                     ("state", "left", 10), ("reason", "left", 0), ("devices", "left", 0),
-                                     ("step · progress", "right", 0), ("rst", "right", 3),
-                                     ("pre", "right", 3), ("rsz", "right", 3), ("loss", "right", 0),
-                                     ("acc", "right", 0)):
+        t = Table(
+            title=f"corral demo · {elapsed:4.0f} s · {busy}/{self.devices} devices busy · policy priority",
+            title_justify="left",
+            caption=_ABBREVIATIONS,
+            caption_justify="left",
+            **_TABLE_STYLE,
+        )
+        for name, justify, width in (
+            ("id", "right", 2),
+            ("job", "left", 12),
+            ("prio", "right", 4),
+            ("state", "left", 10),
+            ("reason", "left", 0),
+            ("devices", "left", 0),
+            ("step · progress", "right", 0),
+            ("rst", "right", 3),
+            ("pre", "right", 3),
+            ("rsz", "right", 3),
+            ("loss", "right", 0),
+            ("acc", "right", 0),
+        ):
             t.add_column(name, justify=justify, min_width=width or None)  # type: ignore[arg-type]
         for jid in sorted(self.jobs):
             job = self.jobs[jid]
@@ -362,15 +404,32 @@ class _Demo:
             lk, ak = report.loss_key(recs), report.accuracy_key(recs)
             loss, acc = report.latest(recs, lk), report.latest(recs, ak)
             step = max([job.get("step") or 0, *(r["step"] for r in recs)])
-            t.add_row(str(jid), job["name"], str(job["priority"]),
-                      Text(job["state"], STATE_STYLE.get(job["state"], "")), job["reason"] or "",
-                      _short_devices(job["devices"]), _progress(job, step, recs), str(job["restarts"]),
-                      str(job["preemptions"]), str(job.get("resizes", 0)),
-                      f"{loss:.3g}" if loss is not None else "-", f"{acc:.3f}" if acc is not None else "-")
-        waiting = [] if self.urgent_submitted else [Text(
-            "  the other jobs are held back until the elastic job runs on the idle devices" if not
-            self.others_submitted else
-            "  the urgent job (priority 10) is held back until the low-priority job runs", style="dim")]
+            t.add_row(
+                str(jid),
+                job["name"],
+                str(job["priority"]),
+                Text(job["state"], STATE_STYLE.get(job["state"], "")),
+                job["reason"] or "",
+                _short_devices(job["devices"]),
+                _progress(job, step, recs),
+                str(job["restarts"]),
+                str(job["preemptions"]),
+                str(job.get("resizes", 0)),
+                f"{loss:.3g}" if loss is not None else "-",
+                f"{acc:.3f}" if acc is not None else "-",
+            )
+        waiting = (
+            []
+            if self.urgent_submitted
+            else [
+                Text(
+                    "  the other jobs are held back until the elastic job runs on the idle devices"
+                    if not self.others_submitted
+                    else "  the urgent job (priority 10) is held back until the low-priority job runs",
+                    style="dim",
+                )
+            ]
+        )
         return Group(t, *waiting)
 
     # -- the end -----------------------------------------------------------------------
@@ -381,9 +440,16 @@ class _Demo:
         self._poll()
         for jid in self.jobs:  # the last reports of a run may arrive after it ended
             self.metrics[jid] = self._metrics(jid)
-        records = [JobRecord(job=self.jobs[j], events=self.events.get(j, []), metrics=self.metrics.get(j, ([], ""))[0],
-                             metrics_source=self.metrics.get(j, ([], "api"))[1], polled_devices=self.polled.get(j, []))
-                   for j in sorted(self.jobs)]
+        records = [
+            JobRecord(
+                job=self.jobs[j],
+                events=self.events.get(j, []),
+                metrics=self.metrics.get(j, ([], ""))[0],
+                metrics_source=self.metrics.get(j, ([], "api"))[1],
+                polled_devices=self.polled.get(j, []),
+            )
+            for j in sorted(self.jobs)
+        ]
         rows, checks = [], []
         for rec in records:
             row = report.job_row(rec, report.intervals(rec, now), self.t0)
@@ -394,26 +460,35 @@ class _Demo:
         if not self.urgent_submitted or len(rows) < len(self.workload):
             checks.append(("every job of the workload was submitted", False))
         checks.append(resize_check([r for r in rows if self.demo_job[r["id"]].resized]))
-        notes = [f"{r['name']} ran at sizes {' → '.join(map(str, r['sizes']))} ({r['resizes']} resizes)"
-                 for r in rows if "-" in r["requested"]]
+        notes = [
+            f"{r['name']} ran at sizes {' → '.join(map(str, r['sizes']))} ({r['resizes']} resizes)"
+            for r in rows
+            if "-" in r["requested"]
+        ]
         ok = all(ok for _, ok in checks) and not timed_out
         wall = now - self.t0
         meta = {
             "title": "corral demo" + (" (quick)" if self.quick else ""),
             "result": "every job ended as expected" if ok else "some jobs did not end as expected",
-            "wall time": f"{wall:.1f} s", "devices": self.devices, "policy": "priority",
+            "wall time": f"{wall:.1f} s",
+            "devices": self.devices,
+            "policy": "priority",
             "quick": self.quick,
             "allocations": "from each job's events (every start records its allocation); "
-                           "devices polled every 0.5 s as a fallback",
+            "devices polled every 0.5 s as a fallback",
             "metrics": ", ".join(sorted({r["metrics_source"] for r in rows})),
-            "notes": notes + ["metrics: 'api' = GET /jobs/{id}/metrics; 'metrics.jsonl' = the file job.log() writes "
-                              "in the job's checkpoint folder, read for the records the API lacks",
-                              "logs/: each job's output, all runs, every rank prefixed"],
+            "notes": notes
+            + [
+                "metrics: 'api' = GET /jobs/{id}/metrics; 'metrics.jsonl' = the file job.log() writes "
+                "in the job's checkpoint folder, read for the records the API lacks",
+                "logs/: each job's output, all runs, every rank prefixed",
+            ],
             "checks": checks,
         }
         self._print_summary(rows, checks, wall)
-        paths = report.write_report(self.out, records, rows, [f"local:{i}" for i in range(self.devices)],
-                                    self.t0, now, meta)
+        paths = report.write_report(
+            self.out, records, rows, [f"local:{i}" for i in range(self.devices)], self.t0, now, meta
+        )
         self._copy_logs()
         self.console.print(f"\nreport: {self.out}/ (" + ", ".join(p.name for p in paths) + ", logs/)")
         self.console.print(f"[bold {'green' if ok else 'red'}]{meta['result']}[/] in {wall:.0f} s")
@@ -435,13 +510,18 @@ class _Demo:
         return text, ok
 
     def _print_summary(self, rows: list[dict[str, Any]], checks: list[tuple[str, bool]], wall: float) -> None:
-        t = Table(title=f"summary: {len(rows)} jobs in {wall:.0f} s", title_justify="left",
-                  caption="times in seconds (JCT = end - submit; wait = JCT - run); " + _ABBREVIATIONS,
-                  caption_justify="left", **_TABLE_STYLE)
+        t = Table(
+            title=f"summary: {len(rows)} jobs in {wall:.0f} s",
+            title_justify="left",
+            caption="times in seconds (JCT = end - submit; wait = JCT - run); " + _ABBREVIATIONS,
+            caption_justify="left",
+            **_TABLE_STYLE,
+        )
         keys = [k for k, _ in report.SUMMARY_COLUMNS if k in _SHORT]
         for key in keys:
-            t.add_column(_SHORT[key], justify="left" if key in _LEFT else "right",
-                         min_width={"name": 12, "state": 9}.get(key))
+            t.add_column(
+                _SHORT[key], justify="left" if key in _LEFT else "right", min_width={"name": 12, "state": 9}.get(key)
+            )
         t.add_column("ok")
         for row in rows:
             cells = dict(zip([k for k, _ in report.SUMMARY_COLUMNS], report.row_cells(row)))
@@ -455,9 +535,11 @@ class _Demo:
                 self.console.print(f"[bold red]FAIL[/] {text}")
         for row in rows:
             for p in row["resumes"]:
-                what = ("continued from its checkpoint" if p["continued"] else "[red]started over[/]")
-                self.console.print(f"  {row['name']} run {p['run']} (after it was {p['after']}): first step logged "
-                                   f"{p['first_step_after']}, last before {p['last_step_before']}: {what}")
+                what = "continued from its checkpoint" if p["continued"] else "[red]started over[/]"
+                self.console.print(
+                    f"  {row['name']} run {p['run']} (after it was {p['after']}): first step logged "
+                    f"{p['first_step_after']}, last before {p['last_step_before']}: {what}"
+                )
 
     def _copy_logs(self) -> None:
         if self.service is None:
@@ -473,8 +555,10 @@ class _Demo:
 
     def interrupt(self) -> None:
         """Ctrl-C: cancel every job and wait for the runs to stop (a second Ctrl-C kills them)."""
-        self.console.print("\n[bold]interrupted[/]: cancelling the jobs and waiting for their runs to stop "
-                           "(Ctrl-C again to kill them now)")
+        self.console.print(
+            "\n[bold]interrupted[/]: cancelling the jobs and waiting for their runs to stop "
+            "(Ctrl-C again to kill them now)"
+        )
         try:
             self._stop_all()
         except KeyboardInterrupt:
@@ -521,10 +605,19 @@ class _Demo:
 def resize_check(rows: list[dict[str, Any]]) -> tuple[str, bool]:
     """The demo's own check that it showed an elastic resize: (what it found, in words; whether it passed)."""
     ok = any(r["resizes"] >= 1 for r in rows)
-    found = "; ".join(f"{r['name']} ran at sizes {' → '.join(map(str, r['sizes'])) or '-'} "
-                      f"({_plural(r['resizes'], 'resize')})" for r in rows) or "no elastic job ran"
-    return (f"at least one elastic resize: {found}" if ok else
-            f"no elastic resize happened ({found}); the demo must show one", ok)
+    found = (
+        "; ".join(
+            f"{r['name']} ran at sizes {' → '.join(map(str, r['sizes'])) or '-'} ({_plural(r['resizes'], 'resize')})"
+            for r in rows
+        )
+        or "no elastic job ran"
+    )
+    return (
+        f"at least one elastic resize: {found}"
+        if ok
+        else f"no elastic resize happened ({found}); the demo must show one",
+        ok,
+    )
 
 
 def _kill_tree(pid: int) -> None:
@@ -541,11 +634,27 @@ def _kill_tree(pid: int) -> None:
 
 
 # Console headers (summary.md has the long ones): the tables fit a 100-column terminal.
-_SHORT = {"id": "id", "name": "job", "priority": "prio", "state": "state", "jct": "JCT", "queue_time": "wait",
-          "run_time": "run", "preemptions": "pre", "restarts": "rst", "resizes": "rsz", "sizes_text": "sizes",
-          "result": "final metric"}
-_TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "padding": (0, 1), "collapse_padding": True,
-                                "pad_edge": False, "show_edge": False}
+_SHORT = {
+    "id": "id",
+    "name": "job",
+    "priority": "prio",
+    "state": "state",
+    "jct": "JCT",
+    "queue_time": "wait",
+    "run_time": "run",
+    "preemptions": "pre",
+    "restarts": "rst",
+    "resizes": "rsz",
+    "sizes_text": "sizes",
+    "result": "final metric",
+}
+_TABLE_STYLE: dict[str, Any] = {
+    "box": box.SIMPLE_HEAD,
+    "padding": (0, 1),
+    "collapse_padding": True,
+    "pad_edge": False,
+    "show_edge": False,
+}
 _LEFT = ("name", "state", "result", "sizes_text")
 _ABBREVIATIONS = "rst: restarts, pre: preemptions, rsz: resizes"
 
@@ -578,8 +687,12 @@ def _progress(job: dict[str, Any], step: int, recs: list[dict[str, Any]]) -> str
 
 
 def _got(row: dict[str, Any]) -> str:
-    parts = [row["state"], _plural(row["restarts"], "restart"), _plural(row["preemptions"], "preemption"),
-             _plural(row["resizes"], "resize")]
+    parts = [
+        row["state"],
+        _plural(row["restarts"], "restart"),
+        _plural(row["preemptions"], "preemption"),
+        _plural(row["resizes"], "resize"),
+    ]
     if row["resumed"] is not None:
         parts.append("resumed" if row["resumed"] else "started over")
     return ", ".join(parts)

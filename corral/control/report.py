@@ -58,8 +58,12 @@ class JobRecord:
     polled_devices: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
 
-_OUTCOME = {JobState.SUCCEEDED.value: "done", JobState.RESTARTING.value: "crashed", JobState.FAILED.value: "crashed",
-            JobState.CANCELLED.value: "cancelled"}
+_OUTCOME = {
+    JobState.SUCCEEDED.value: "done",
+    JobState.RESTARTING.value: "crashed",
+    JobState.FAILED.value: "crashed",
+    JobState.CANCELLED.value: "cancelled",
+}
 
 
 def allocated_devices(event: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -84,13 +88,25 @@ def intervals(rec: JobRecord, now: float) -> list[Interval]:
     for ev in rec.events:
         t, dst = float(ev["time"]), ev["dst"]
         if start is not None and dst != JobState.RUNNING.value and ev["src"] in HOLDING:
-            out.append(Interval(job["id"], job["name"], run, start[0], t, start[1], dst, ev.get("cause", ""),
-                                (ev.get("data") or {}).get("kind", "")))
+            out.append(
+                Interval(
+                    job["id"],
+                    job["name"],
+                    run,
+                    start[0],
+                    t,
+                    start[1],
+                    dst,
+                    ev.get("cause", ""),
+                    (ev.get("data") or {}).get("kind", ""),
+                )
+            )
             start = None
         if dst == JobState.RUNNING.value:
             if start is not None:  # RESTARTING -> RUNNING came without a closing event: close it here
-                out.append(Interval(job["id"], job["name"], run, start[0], t, start[1], JobState.RESTARTING.value,
-                                    "restarted"))
+                out.append(
+                    Interval(job["id"], job["name"], run, start[0], t, start[1], JobState.RESTARTING.value, "restarted")
+                )
             run += 1
             devices = allocated_devices(ev) or _polled_at(rec, t) or tuple(job.get("devices") or ())
             start = (t, devices)
@@ -139,8 +155,11 @@ def read_metrics_file(path: Path) -> list[dict[str, Any]]:
             continue  # a line still being written
         if not isinstance(rec, dict):
             continue
-        values = {k: float(v) for k, v in rec.items()
-                  if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {
+            k: float(v)
+            for k, v in rec.items()
+            if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         out.append({"time": float(rec.get("time", 0.0)), "step": int(rec.get("step", 0)), "values": values})
     return out
 
@@ -197,8 +216,15 @@ def resume_points(records: Sequence[Mapping[str, Any]], runs: Sequence[Interval]
         before = [int(r["step"]) for r in records if float(r["time"]) <= cur.start]
         after = [int(r["step"]) for r in records if cur.start < float(r["time"]) <= cur.end + 1.0]
         if before and after:
-            out.append({"run": cur.run, "after": prev.outcome, "last_step_before": max(before),
-                        "first_step_after": after[0], "continued": after[0] > max(before)})
+            out.append(
+                {
+                    "run": cur.run,
+                    "after": prev.outcome,
+                    "last_step_before": max(before),
+                    "first_step_after": after[0],
+                    "continued": after[0] > max(before),
+                }
+            )
     return out
 
 
@@ -216,7 +242,9 @@ def job_row(rec: JobRecord, runs: Sequence[Interval], t0: float) -> dict[str, An
     lo, hi = job.get("min_gpus", job["gpus"]), job.get("max_gpus", job["gpus"])
     steps = [int(r["step"]) for r in rec.metrics]
     return {
-        "id": job["id"], "name": job["name"], "priority": job["priority"],
+        "id": job["id"],
+        "name": job["name"],
+        "priority": job["priority"],
         "requested": f"{lo}-{hi}" if lo != hi else str(job["gpus"]),
         "state": job["state"],
         "submit": round(job["submit_time"] - t0, 2),
@@ -226,11 +254,16 @@ def job_row(rec: JobRecord, runs: Sequence[Interval], t0: float) -> dict[str, An
         "queue_time": _r(jct - job["run_time"]) if jct is not None else None,
         "first_wait": _r(job.get("queue_time")),
         "run_time": _r(job["run_time"]),
-        "preemptions": job["preemptions"], "restarts": job["restarts"], "resizes": job.get("resizes", 0),
-        "runs": len(runs), "sizes": sizes,
+        "preemptions": job["preemptions"],
+        "restarts": job["restarts"],
+        "resizes": job.get("resizes", 0),
+        "runs": len(runs),
+        "sizes": sizes,
         "final_step": max([job.get("step") or 0, *steps]),
-        "loss_metric": lk, "final_loss": _r(latest(rec.metrics, lk), 4),
-        "accuracy_metric": ak, "final_accuracy": _r(latest(rec.metrics, ak), 4),
+        "loss_metric": lk,
+        "final_loss": _r(latest(rec.metrics, lk), 4),
+        "accuracy_metric": ak,
+        "final_accuracy": _r(latest(rec.metrics, ak), 4),
         "resumes": resumes,
         "resumed": all(p["continued"] for p in resumes) if resumes else None,
         "metrics_source": rec.metrics_source,
@@ -251,9 +284,18 @@ def _fmt(x: Any) -> str:
 
 
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (  # (key, header)
-    ("id", "id"), ("name", "job"), ("priority", "prio"), ("requested", "devices"),
-    ("state", "final state"), ("jct", "JCT (s)"), ("queue_time", "waiting (s)"), ("run_time", "running (s)"),
-    ("preemptions", "preempt."), ("restarts", "restarts"), ("resizes", "resizes"), ("sizes_text", "sizes"),
+    ("id", "id"),
+    ("name", "job"),
+    ("priority", "prio"),
+    ("requested", "devices"),
+    ("state", "final state"),
+    ("jct", "JCT (s)"),
+    ("queue_time", "waiting (s)"),
+    ("run_time", "running (s)"),
+    ("preemptions", "preempt."),
+    ("restarts", "restarts"),
+    ("resizes", "resizes"),
+    ("sizes_text", "sizes"),
     ("result", "final metric"),
 )
 
@@ -281,8 +323,7 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     for k, v in meta.items():
         if k not in ("title", "notes", "checks"):
             lines.append(f"- **{k}**: {v}")
-    lines += ["", "| " + " | ".join(h for _, h in SUMMARY_COLUMNS) + " |",
-              "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["", "| " + " | ".join(h for _, h in SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row_cells(r)) + " |" for r in rows]
     if meta.get("checks"):
         lines += ["", "## Checks", ""] + [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in meta["checks"]]
@@ -291,14 +332,20 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
         lines += ["", "## Resumes", ""]
         for r in resumed:
             for p in r["resumes"]:
-                lines.append(f"- {r['name']} run {p['run']} (after it was {p['after']}): last step logged before "
-                             f"{p['last_step_before']}, first after {p['first_step_after']} "
-                             f"({'continued from its checkpoint' if p['continued'] else 'started over'})")
-    lines += ["", "## Columns", "",
-              "- JCT: job completion time, end - submit. waiting: JCT - running (queued, requeued after a "
-              "preemption or resize, restarting). running: seconds its processes ran.",
-              "- sizes: devices of each run, in order (an elastic job changes size between runs).",
-              *[f"- {n}" for n in meta.get("notes", [])]]
+                lines.append(
+                    f"- {r['name']} run {p['run']} (after it was {p['after']}): last step logged before "
+                    f"{p['last_step_before']}, first after {p['first_step_after']} "
+                    f"({'continued from its checkpoint' if p['continued'] else 'started over'})"
+                )
+    lines += [
+        "",
+        "## Columns",
+        "",
+        "- JCT: job completion time, end - submit. waiting: JCT - running (queued, requeued after a "
+        "preemption or resize, restarting). running: seconds its processes ran.",
+        "- sizes: devices of each run, in order (an elastic job changes size between runs).",
+        *[f"- {n}" for n in meta.get("notes", [])],
+    ]
     lines += ["", *[f"![{Path(i).stem}]({i})" for i in images], ""]
     return "\n".join(lines)
 
@@ -316,8 +363,15 @@ def _colours(ids: Sequence[int]) -> dict[int, Any]:
 MARKERS = {"preempted": ("v", "black"), "resized": ("D", "#7b3294"), "crashed": ("X", "#d62728")}
 
 
-def plot_gantt(path: Path, records: Sequence[JobRecord], runs: Sequence[Interval], devices: Sequence[str],
-               t0: float, now: float, title: str) -> None:
+def plot_gantt(
+    path: Path,
+    records: Sequence[JobRecord],
+    runs: Sequence[Interval],
+    devices: Sequence[str],
+    t0: float,
+    now: float,
+    title: str,
+) -> None:
     """Devices over time, one bar per run coloured by job; below, devices busy and jobs waiting."""
     import matplotlib
 
@@ -331,8 +385,13 @@ def plot_gantt(path: Path, records: Sequence[JobRecord], runs: Sequence[Interval
     slots = sorted(set(devices) | {d for iv in runs for d in iv.devices}, key=device_sort_key)
     row = {d: i for i, d in enumerate(slots)}
     span = max(now - t0, 1.0)
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, 1.2 + 0.75 * len(slots) + 2.2), sharex=True,
-                                  gridspec_kw={"height_ratios": [max(len(slots), 2), 2]})
+    fig, (ax, ax2) = plt.subplots(
+        2,
+        1,
+        figsize=(12, 1.2 + 0.75 * len(slots) + 2.2),
+        sharex=True,
+        gridspec_kw={"height_ratios": [max(len(slots), 2), 2]},
+    )
     seen_outcomes = set()
     for iv in runs:
         x, w = iv.start - t0, max(iv.end - iv.start, span / 500)
@@ -341,35 +400,69 @@ def plot_gantt(path: Path, records: Sequence[JobRecord], runs: Sequence[Interval
             ax.broken_barh([(x, w)], (y - 0.4, 0.8), facecolors=colour[iv.job_id], edgecolor="white", linewidth=1)
             if w > span / 25:
                 label = f"{iv.name}" + (f" (run {iv.run})" if iv.run > 1 and w > span / 10 else "")
-                ax.text(x + w / 2, y, label, ha="center", va="center", fontsize=8, color="white",
-                        fontweight="bold", clip_on=True)
+                ax.text(
+                    x + w / 2,
+                    y,
+                    label,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white",
+                    fontweight="bold",
+                    clip_on=True,
+                )
         if iv.outcome in MARKERS:
             marker, c = MARKERS[iv.outcome]
             top = min(row[d] for d in iv.devices) if iv.devices else 0  # the y axis runs downwards
-            ax.plot(iv.end - t0, top - 0.4, marker=marker, color=c, markersize=8, markeredgecolor="white",
-                    clip_on=False, zorder=5)
+            ax.plot(
+                iv.end - t0,
+                top - 0.4,
+                marker=marker,
+                color=c,
+                markersize=8,
+                markeredgecolor="white",
+                clip_on=False,
+                zorder=5,
+            )
             seen_outcomes.add(iv.outcome)
     for rec in records:  # submissions: dotted lines, named when they come later than the rest
         x = rec.job["submit_time"] - t0
         ax.axvline(x, color=colour[rec.job["id"]], linestyle=":", linewidth=1.2, alpha=0.8)
         if x > span / 50:
-            ax.annotate(f"#{rec.job['id']} {rec.job['name']} submitted", (x, -0.5), xytext=(3, 2),
-                        textcoords="offset points", fontsize=8, color=colour[rec.job["id"]], va="bottom",
-                        annotation_clip=False)
+            ax.annotate(
+                f"#{rec.job['id']} {rec.job['name']} submitted",
+                (x, -0.5),
+                xytext=(3, 2),
+                textcoords="offset points",
+                fontsize=8,
+                color=colour[rec.job["id"]],
+                va="bottom",
+                annotation_clip=False,
+            )
     ax.set_yticks(range(len(slots)), slots)
     ax.set_ylim(len(slots) - 0.5, -0.5)
     ax.set_ylabel("device slot")
     ax.set_title(title, pad=14)
     ax.grid(axis="x", alpha=0.3)
     handles: list[Any] = [Patch(facecolor=colour[j], label=f"#{j} {n}") for j, n in sorted(names.items())]
-    handles += [Line2D([], [], marker=MARKERS[o][0], color=MARKERS[o][1], linestyle="", label=o)
-                for o in ("preempted", "resized", "crashed") if o in seen_outcomes]
+    handles += [
+        Line2D([], [], marker=MARKERS[o][0], color=MARKERS[o][1], linestyle="", label=o)
+        for o in ("preempted", "resized", "crashed")
+        if o in seen_outcomes
+    ]
     handles.append(Line2D([], [], color="grey", linestyle=":", label="submitted"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
     # Busy devices and waiting jobs, as step functions of time.
-    times = sorted({t0, now, *(iv.start for iv in runs), *(iv.end for iv in runs),
-                    *(t for r in records for s in waiting_spans(r, now) for t in s)})
+    times = sorted(
+        {
+            t0,
+            now,
+            *(iv.start for iv in runs),
+            *(iv.end for iv in runs),
+            *(t for r in records for s in waiting_spans(r, now) for t in s),
+        }
+    )
     busy = [sum(len(iv.devices) for iv in runs if iv.start <= t < iv.end) for t in times]
     waiting = [sum(1 for r in records for a, b in waiting_spans(r, now) if a <= t < b) for t in times]
     xs = [t - t0 for t in times]
@@ -388,8 +481,9 @@ def plot_gantt(path: Path, records: Sequence[JobRecord], runs: Sequence[Interval
     plt.close(fig)
 
 
-def plot_losses(path: Path, records: Sequence[JobRecord], runs_by_job: Mapping[int, Sequence[Interval]],
-                title: str) -> None:
+def plot_losses(
+    path: Path, records: Sequence[JobRecord], runs_by_job: Mapping[int, Sequence[Interval]], title: str
+) -> None:
     """One panel per job: loss against optimizer step, coloured by run; accuracy on a second axis."""
     import matplotlib
 
@@ -422,8 +516,16 @@ def plot_losses(path: Path, records: Sequence[JobRecord], runs_by_job: Mapping[i
             prev = next((p for p in runs if p.run == run.run - 1), None)
             if first is not None and prev is not None:
                 ax.axvline(first, color="grey", linestyle=":", linewidth=1)
-                ax.annotate(f"run {run.run}\n({prev.outcome})", (first, 1.0), xycoords=("data", "axes fraction"),
-                            xytext=(2, -2), textcoords="offset points", fontsize=7, color="dimgrey", va="top")
+                ax.annotate(
+                    f"run {run.run}\n({prev.outcome})",
+                    (first, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(2, -2),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="dimgrey",
+                    va="top",
+                )
         if lk:
             vals = [r["values"][lk] for r in rec.metrics if lk in r["values"]]
             if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
@@ -433,12 +535,13 @@ def plot_losses(path: Path, records: Sequence[JobRecord], runs_by_job: Mapping[i
             ax2.set_ylabel(f"{ak} (dashed)")
             ax2.set_ylim(0, 1.15)  # headroom for the run labels along the top
         outcomes = ", ".join(f"{o} x{n}" for o, n in _count(p.outcome for p in runs[:-1]).items())
-        ax.set_title(f"#{job['id']} {job['name']}: {job['state']}" + (f" ({outcomes})" if outcomes else ""),
-                     fontsize=10)
+        ax.set_title(
+            f"#{job['id']} {job['name']}: {job['state']}" + (f" ({outcomes})" if outcomes else ""), fontsize=10
+        )
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center right", framealpha=0.85)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     if not shown:
         axes.flat[0].text(0.5, 0.5, "no job reported a loss", ha="center", va="center")
@@ -461,8 +564,15 @@ def _count(items: Any) -> dict[str, int]:
     return out
 
 
-def write_report(out: Path, records: Sequence[JobRecord], rows: Sequence[Mapping[str, Any]], devices: Sequence[str],
-                 t0: float, now: float, meta: Mapping[str, Any]) -> list[Path]:
+def write_report(
+    out: Path,
+    records: Sequence[JobRecord],
+    rows: Sequence[Mapping[str, Any]],
+    devices: Sequence[str],
+    t0: float,
+    now: float,
+    meta: Mapping[str, Any],
+) -> list[Path]:
     """Write gantt.png, loss.png, summary.md, summary.json and data.json into `out`; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     runs_by_job = {r.job["id"]: intervals(r, now) for r in records}
@@ -472,15 +582,20 @@ def write_report(out: Path, records: Sequence[JobRecord], rows: Sequence[Mapping
     md = out / "summary.md"
     md.write_text(summary_markdown(rows, meta, [gantt.name, loss.name]))
     js = out / "summary.json"
-    doc = {**{k: v for k, v in meta.items() if k != "checks"},
-           "checks": [{"check": text, "ok": ok} for text, ok in meta.get("checks", [])],
-           "jobs": list(rows),
-           "runs": [{**asdict(iv), "start": round(iv.start - t0, 3), "end": round(iv.end - t0, 3),
-                     "outcome": iv.outcome} for iv in all_runs]}
+    doc = {
+        **{k: v for k, v in meta.items() if k != "checks"},
+        "checks": [{"check": text, "ok": ok} for text, ok in meta.get("checks", [])],
+        "jobs": list(rows),
+        "runs": [
+            {**asdict(iv), "start": round(iv.start - t0, 3), "end": round(iv.end - t0, 3), "outcome": iv.outcome}
+            for iv in all_runs
+        ],
+    }
     js.write_text(json.dumps(doc, indent=2) + "\n")
     data = out / "data.json"  # what the report was built from: jobs, events, metrics
-    data.write_text(json.dumps({"t0": t0, "now": now, "devices": list(devices),
-                                "records": [asdict(r) for r in records]}) + "\n")
+    data.write_text(
+        json.dumps({"t0": t0, "now": now, "devices": list(devices), "records": [asdict(r) for r in records]}) + "\n"
+    )
     plot_gantt(gantt, records, all_runs, devices, t0, now, f"{meta.get('title', 'corral')}: devices over time")
     plot_losses(loss, records, runs_by_job, f"{meta.get('title', 'corral')}: training curves")
     return [gantt, loss, md, js, data]

@@ -55,8 +55,15 @@ def _handle(job: Job) -> RunHandle:
 class Scheduler:
     """Owns the decisions of the live service: who runs where, when to preempt, restart or give up."""
 
-    def __init__(self, store: Store, executor: Executor, policy: Policy, *, grace: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        policy: Policy,
+        *,
+        grace: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.executor = executor
         self.policy = policy
@@ -124,8 +131,7 @@ class Scheduler:
                     left = max(0.0, (job.intent_time or now) + self.grace - now)
                     stop = (handle, left)
             else:
-                self._ended(s, job, RunOutcome(handle, Ending.LOST, None, "run gone while the service was down"),
-                            now)
+                self._ended(s, job, RunOutcome(handle, Ending.LOST, None, "run gone while the service was down"), now)
         if stop is not None:
             self.executor.stop(*stop)
 
@@ -188,7 +194,11 @@ class Scheduler:
             try:
                 with self._tx() as s:
                     job = s.get(Job, outcome.job_id)
-                    if (job is not None and job.state == JobState.RUNNING.value and job.attempt == outcome.handle.attempt):
+                    if (
+                        job is not None
+                        and job.state == JobState.RUNNING.value
+                        and job.attempt == outcome.handle.attempt
+                    ):
                         self._ended(s, job, outcome, now)
             except Exception:  # the outcome stays reported: the next round tries again
                 log.exception("job %s: recording the end of run %s failed", outcome.job_id, outcome.handle.attempt)
@@ -218,8 +228,15 @@ class Scheduler:
                     current[jid] = view.allocation
         return views, current, busy
 
-    def _act(self, decision: Decision, current: dict[str, Allocation], busy: set[str], active: list[Job],
-             cluster: ClusterView, now: float) -> None:
+    def _act(
+        self,
+        decision: Decision,
+        current: dict[str, Allocation],
+        busy: set[str],
+        active: list[Job],
+        cluster: ClusterView,
+        now: float,
+    ) -> None:
         by_id = {str(j.id): j for j in active}
         actions = [a for a in plan(decision, current) if a.job_id not in busy]
         stops: list[tuple[RunHandle, float]] = []
@@ -231,8 +248,9 @@ class Scheduler:
                     continue
                 if isinstance(action, (Preempt, Resize, Migrate)):
                     if job.state == JobState.RESTARTING.value:  # no run to stop: it simply waits
-                        self.store.transition(s, job, JobState.PENDING,
-                                              f"devices taken by {self.policy.name} before its restart", now=now)
+                        self.store.transition(
+                            s, job, JobState.PENDING, f"devices taken by {self.policy.name} before its restart", now=now
+                        )
                         self._clear_run(job)
                         continue
                     self._intend(job, PREEMPT if isinstance(action, Preempt) else RESIZE, now)
@@ -302,13 +320,21 @@ class Scheduler:
         with self._tx() as s:
             job = s.get(Job, job_id)
             if job is not None:
-                self._started(s, job, handle, alloc, now, "restarted" if restart else f"scheduled by {self.policy.name}")
+                self._started(
+                    s, job, handle, alloc, now, "restarted" if restart else f"scheduled by {self.policy.name}"
+                )
         return True
 
     def _started(self, s: Session, job: Job, handle: RunHandle, alloc: Allocation, at: float, cause: str) -> None:
         devices = ",".join(f"{n}:{d}" for n, d in alloc.devices())
-        self.store.transition(s, job, JobState.RUNNING, f"{cause} on {devices}", now=at,
-                              data={"allocation": alloc.as_dict(), "attempt": handle.attempt})
+        self.store.transition(
+            s,
+            job,
+            JobState.RUNNING,
+            f"{cause} on {devices}",
+            now=at,
+            data={"allocation": alloc.as_dict(), "attempt": handle.attempt},
+        )
         job.allocation, job.run_ref, job.reason = alloc.as_dict(), handle.ref, ""
         job.intent, job.intent_time = "", None
         job.run_start, job.accounted_until = at, at
@@ -328,13 +354,19 @@ class Scheduler:
         elif intent == CANCEL:
             self._finish(s, job, JobState.CANCELLED, f"cancelled by user ({_how(outcome)})", now)
         elif intent == TIMEOUT:
-            self._finish(s, job, JobState.FAILED, f"timed out after {job.run_time:.0f} s of running ({_how(outcome)})",
-                         now)
+            self._finish(
+                s, job, JobState.FAILED, f"timed out after {job.run_time:.0f} s of running ({_how(outcome)})", now
+            )
         elif ending == Ending.LOST:
             # Not the job's fault (its node or the service went away): it resumes, no restart used.
-            self.store.transition(s, job, JobState.PENDING, f"run lost ({outcome.detail or 'no exit code'}); "
-                                                            "resumes from its checkpoint", now=now,
-                                  data={"kind": "lost"})
+            self.store.transition(
+                s,
+                job,
+                JobState.PENDING,
+                f"run lost ({outcome.detail or 'no exit code'}); resumes from its checkpoint",
+                now=now,
+                data={"kind": "lost"},
+            )
             self._clear_run(job)
         elif intent in RETURNING and ending in (Ending.PREEMPTED, Ending.KILLED):
             old = _alloc(job).num_devices
@@ -368,8 +400,9 @@ class Scheduler:
         job.allocation, job.run_ref, job.reason, job.run_start = {}, "", "Resources", None
         job.intent, job.intent_time, job.accounted_until = "", None, None
 
-    def _finish(self, s: Session, job: Job, state: JobState, cause: str, now: float,
-                data: dict[str, Any] | None = None) -> None:
+    def _finish(
+        self, s: Session, job: Job, state: JobState, cause: str, now: float, data: dict[str, Any] | None = None
+    ) -> None:
         self.store.transition(s, job, state, cause, now=now, data=data)
         job.end_time, job.reason, job.run_start, job.run_ref = now, "", None, ""
         job.intent, job.intent_time, job.accounted_until = "", None, None

@@ -99,8 +99,10 @@ class Service:
         res = spec.resources
         total = self.total_devices()
         if (res.min_gpus or 1) > total:
-            raise UserError(f"resources: the job needs at least {res.min_gpus} devices; "
-                            f"this cluster has {total}, so it could never run")
+            raise UserError(
+                f"resources: the job needs at least {res.min_gpus} devices; "
+                f"this cluster has {total}, so it could never run"
+            )
         job = self.store.add_job(spec.model_dump(mode="json", by_alias=False), user)
         self.wake()
         return job

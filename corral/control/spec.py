@@ -43,18 +43,23 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    entrypoint: str = Field(validation_alias=AliasChoices("entrypoint", "run"), min_length=1,
-                            description="Command line, e.g. `python train.py --lr 0.1`")
+    entrypoint: str = Field(
+        validation_alias=AliasChoices("entrypoint", "run"),
+        min_length=1,
+        description="Command line, e.g. `python train.py --lr 0.1`",
+    )
     workdir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(default=0, ge=-1000, le=1000)
     max_restarts: int = Field(default=0, ge=0, le=100)
     # allow_inf_nan=False: YAML (.nan, .inf) and Python's JSON (NaN, Infinity) both parse them.
-    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False,
-                                  description="Seconds of running time before it is stopped")
-    duration_estimate: float | None = Field(default=None, gt=0, allow_inf_nan=False,
-                                            description="Seconds alone at `gpus`, for srtf/backfill")
+    timeout: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Seconds of running time before it is stopped"
+    )
+    duration_estimate: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Seconds alone at `gpus`, for srtf/backfill"
+    )
     preemptible: bool = True
 
     @model_validator(mode="after")

@@ -35,8 +35,16 @@ class JobState(str, Enum):
 # Allowed transitions; anything else is a bug in the caller.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PREEMPTED,
-                                 JobState.RESTARTING, JobState.PENDING}),
+    JobState.RUNNING: frozenset(
+        {
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.PREEMPTED,
+            JobState.RESTARTING,
+            JobState.PENDING,
+        }
+    ),
     JobState.PREEMPTED: frozenset({JobState.PENDING, JobState.CANCELLED}),
     JobState.RESTARTING: frozenset({JobState.RUNNING, JobState.PENDING, JobState.FAILED, JobState.CANCELLED}),
     JobState.SUCCEEDED: frozenset(),

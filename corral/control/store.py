@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     create_engine,
     event,
@@ -223,17 +224,44 @@ class Store:
         res = spec.get("resources") or {}
         now = time.time()
         values: dict[str, Any] = dict(
-            name=spec["name"], user=user, spec=spec, state=JobState.PENDING.value, reason="Scheduling",
-            priority=int(spec.get("priority", 0)), gpus=int(res.get("gpus") or 1),
-            min_gpus=int(res.get("min_gpus") or 1), max_gpus=int(res.get("max_gpus") or 1), allocation={},
-            submit_time=now, start_time=None, run_start=None, end_time=None, attained_service=0.0, run_time=0.0,
-            restarts=0, preemptions=0, resizes=0, attempt=0, exit_code=None, run_ref="", intent="",
-            intent_time=None, accounted_until=None, observations={}, last_log="", step=0, progress=None, job_token_hash="",
+            name=spec["name"],
+            user=user,
+            spec=spec,
+            state=JobState.PENDING.value,
+            reason="Scheduling",
+            priority=int(spec.get("priority", 0)),
+            gpus=int(res.get("gpus") or 1),
+            min_gpus=int(res.get("min_gpus") or 1),
+            max_gpus=int(res.get("max_gpus") or 1),
+            allocation={},
+            submit_time=now,
+            start_time=None,
+            run_start=None,
+            end_time=None,
+            attained_service=0.0,
+            run_time=0.0,
+            restarts=0,
+            preemptions=0,
+            resizes=0,
+            attempt=0,
+            exit_code=None,
+            run_ref="",
+            intent="",
+            intent_time=None,
+            accounted_until=None,
+            observations={},
+            last_log="",
+            step=0,
+            progress=None,
+            job_token_hash="",
         )
         with self.engine.begin() as conn:
-            job_id = conn.execute(insert(Job.__table__).values(**values)).inserted_primary_key[0]
-            conn.execute(insert(Event.__table__).values(job_id=job_id, time=now, src="", dst=JobState.PENDING.value,
-                                                        cause="submitted", data={}))
+            job_id = conn.execute(insert(cast(Table, Job.__table__)).values(**values)).inserted_primary_key[0]  # type: ignore[index]
+            conn.execute(
+                insert(cast(Table, Event.__table__)).values(
+                    job_id=job_id, time=now, src="", dst=JobState.PENDING.value, cause="submitted", data={}
+                )
+            )
         return Job(id=job_id, **values)
 
     def get_job(self, job_id: int) -> Job | None:
@@ -241,8 +269,9 @@ class Store:
         with self.session() as s:
             return s.get(Job, job_id)
 
-    def list_jobs(self, *, states: Sequence[str] | None = None, user: str | None = None,
-                  limit: int = 1000) -> list[Job]:
+    def list_jobs(
+        self, *, states: Sequence[str] | None = None, user: str | None = None, limit: int = 1000
+    ) -> list[Job]:
         """Jobs, newest first, optionally filtered by state and user."""
         q = select(Job).order_by(Job.id.desc()).limit(limit)
         if states:
@@ -257,8 +286,16 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
 
-    def transition(self, s: Session, job: Job, dst: JobState, cause: str, *, now: float | None = None,
-                   data: dict[str, Any] | None = None) -> None:
+    def transition(
+        self,
+        s: Session,
+        job: Job,
+        dst: JobState,
+        cause: str,
+        *,
+        now: float | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         """Move `job` to `dst` inside session `s`, recording the event; refuse an impossible move."""
         src = JobState(job.state)
         if src == dst:

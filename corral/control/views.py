@@ -34,12 +34,20 @@ def job_view(job: Job, *, waiting: bool = False, pinned: bool = False) -> JobVie
     if pinned and alloc:
         min_gpus = max_gpus = gpus = alloc.num_devices
     return JobView(
-        id=str(job.id), user=job.user, priority=job.priority, submit_time=job.submit_time,
-        min_gpus=min_gpus, max_gpus=max_gpus, gpus=gpus,
-        attained_service=job.attained_service, progress=job.progress,
+        id=str(job.id),
+        user=job.user,
+        priority=job.priority,
+        submit_time=job.submit_time,
+        min_gpus=min_gpus,
+        max_gpus=max_gpus,
+        gpus=gpus,
+        attained_service=job.attained_service,
+        progress=job.progress,
         duration_estimate=duration_estimate(spec, job.attained_service, job.progress, gpus or max_gpus),
         throughput=throughput_model(job.observations or {}, max_gpus),
-        allocation=alloc, run_time=job.run_time, restarts=max(0, job.attempt - 1),
+        allocation=alloc,
+        run_time=job.run_time,
+        restarts=max(0, job.attempt - 1),
         preemptible=bool(spec.get("preemptible", True)) and not pinned,
     )
 
@@ -76,8 +84,13 @@ def throughput_model(observations: Mapping[str, Any], max_gpus: int) -> GoodputM
 def _model(rows: tuple[tuple[int, int, int, float], ...], max_gpus: int) -> GoodputModel:
     params = _fit(tuple((float(n), float(r), float(b), t) for n, r, b, t in rows))
     local = float(min(b for _, _, b, _ in rows))
-    return GoodputModel(params=params, init_batch=local, max_batch=local * max_gpus,
-                        noise_scale=EVERY_SAMPLE_COUNTS * local, max_local_batch=local)
+    return GoodputModel(
+        params=params,
+        init_batch=local,
+        max_batch=local * max_gpus,
+        noise_scale=EVERY_SAMPLE_COUNTS * local,
+        max_local_batch=local,
+    )
 
 
 @lru_cache(maxsize=4096)

@@ -21,21 +21,29 @@ def run(
     ctx: typer.Context,
     script: Annotated[str, typer.Argument(help="Training script (.py) or executable, followed by its own arguments.")],
     nproc: Annotated[int, typer.Option("--nproc", "-n", help="Worker processes to start.")] = 1,
-    servers: Annotated[int, typer.Option(help="Parameter-server processes to start beside the workers "
-                                               "(for corral.init(strategy='ps')).")] = 0,
+    servers: Annotated[
+        int,
+        typer.Option(help="Parameter-server processes to start beside the workers (for corral.init(strategy='ps'))."),
+    ] = 0,
     max_restarts: Annotated[int, typer.Option(help="Restart the whole gang this many times on a failure.")] = 0,
     master_port: Annotated[int | None, typer.Option(help="Rendezvous port (default: a free port).")] = None,
     log_dir: Annotated[Path | None, typer.Option(help="Also write each rank's output to DIR/rank-N.log.")] = None,
-    grace_period: Annotated[float, typer.Option(
-        help="Seconds between SIGTERM and SIGKILL when stopping workers.")] = 3.0,
+    grace_period: Annotated[
+        float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping workers.")
+    ] = 3.0,
 ) -> None:
     """Run SCRIPT on N local workers with torchrun's environment; restart the gang on failure."""
     from corral.runtime.launch import LaunchConfig, launch
 
     cfg = LaunchConfig(
-        script=script, args=list(ctx.args), nproc=nproc, servers=servers, max_restarts=max_restarts,
+        script=script,
+        args=list(ctx.args),
+        nproc=nproc,
+        servers=servers,
+        max_restarts=max_restarts,
         master_port=master_port,
-        log_dir=log_dir, grace_period=grace_period,
+        log_dir=log_dir,
+        grace_period=grace_period,
     )
     result = launch(cfg)
     raise typer.Exit(result.exit_code)
@@ -70,8 +78,7 @@ def register(app: typer.Typer) -> None:
     """Add the runtime's commands to `app`."""
     app.command(
         "run",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                          "allow_interspersed_args": False},
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
     )(run)
     app.command("doctor")(doctor)
 

@@ -80,8 +80,14 @@ def run_checks() -> list[Check]:
         "nccl": dist.is_available() and dist.is_nccl_available(),
         "mpi": dist.is_available() and dist.is_mpi_available(),
     }
-    checks.append(Check("backends", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in backends.items()),
-                        backends["gloo"], required=True))
+    checks.append(
+        Check(
+            "backends",
+            ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in backends.items()),
+            backends["gloo"],
+            required=True,
+        )
+    )
     checks.append(Check("/dev/shm", _shm_size(), os.path.isdir("/dev/shm")))
     checks.append(Check("CPU count", str(os.cpu_count())))
     try:
@@ -101,8 +107,9 @@ def _allreduce_check(port: int) -> Check:
         with open(script, "w") as f:
             f.write(_ALLREDUCE)
         try:
-            proc = subprocess.run([sys.executable, script, str(port)], capture_output=True, text=True,
-                                  timeout=90, env=env)
+            proc = subprocess.run(
+                [sys.executable, script, str(port)], capture_output=True, text=True, timeout=90, env=env
+            )
         except subprocess.TimeoutExpired:
             return Check("gloo all-reduce", "timed out after 90 s", False, required=True)
     if proc.returncode == 0 and "ok" in proc.stdout:

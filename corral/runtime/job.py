@@ -243,8 +243,16 @@ class Job:
         self._optimizer = optimizer
         self.strategy.attach(self, self._model, optimizer)
         self._loader = (self.strategy.loader_class or ShardedLoader)(
-            self, dataset, batch_size, partition=partition, shuffle=shuffle, drop_last=drop_last,
-            costs=costs, key=key, collate_fn=collate_fn, num_workers=num_workers,
+            self,
+            dataset,
+            batch_size,
+            partition=partition,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            costs=costs,
+            key=key,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
         )
         if self._payload is not None:
             _restore_rng(self._payload.get("rng", []), self.rank)
@@ -381,8 +389,9 @@ class Job:
             proposal = max(1, min(VOTE_MAX_INTERVAL, int(VOTE_PERIOD_S / step_s)))
             self._stop_flag[0] = 1.0 if self._stop_requested else 0.0
             self._stop_flag[1] = -float(proposal)
-            self._stop_work = dist.all_reduce(self._stop_flag, op=dist.ReduceOp.MAX, group=self._ctrl_group,
-                                              async_op=True)
+            self._stop_work = dist.all_reduce(
+                self._stop_flag, op=dist.ReduceOp.MAX, group=self._ctrl_group, async_op=True
+            )
         self._next_vote_step = self.step_count + interval
         return decided
 
@@ -390,8 +399,10 @@ class Job:
         if self.checkpoint_dir is not None:
             self.save()
         if self.is_main:
-            print(f"[corral] preempted at step {self.step_count}: checkpoint saved, exiting {PREEMPTED_EXIT_CODE}",
-                  flush=True)
+            print(
+                f"[corral] preempted at step {self.step_count}: checkpoint saved, exiting {PREEMPTED_EXIT_CODE}",
+                flush=True,
+            )
         if self.distributed:
             with contextlib.suppress(Exception):
                 dist.barrier()
@@ -570,8 +581,14 @@ def init(
 ) -> Job:
     """Join the job: read the launcher's environment, start the process group, resume a checkpoint."""
     return Job(
-        strategy=strategy, precision=precision, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, seed=seed, **strategy_options,
+        strategy=strategy,
+        precision=precision,
+        grad_accum=grad_accum,
+        max_grad_norm=max_grad_norm,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        **strategy_options,
     )
 
 

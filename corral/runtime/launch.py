@@ -112,7 +112,11 @@ class _Store:
 
         try:
             self.store = TCPStore(
-                addr, port or 0, world_size, is_master=True, wait_for_workers=False,
+                addr,
+                port or 0,
+                world_size,
+                is_master=True,
+                wait_for_workers=False,
                 timeout=dt.timedelta(minutes=10),
             )
         except (RuntimeError, OSError) as exc:
@@ -151,22 +155,46 @@ class _Gang:
         self.logs: list[IO[bytes] | None] = []
         for rank in range(cfg.nproc):
             worker_env = dict(base)
-            worker_env.update(env.worker_env(
-                rank_=rank, world_size_=cfg.nproc, master_addr=cfg.master_addr, master_port=port,
-                restart_count_=attempt, max_restarts=cfg.max_restarts, run_id=cfg.run_id, servers=cfg.servers,
-            ))
+            worker_env.update(
+                env.worker_env(
+                    rank_=rank,
+                    world_size_=cfg.nproc,
+                    master_addr=cfg.master_addr,
+                    master_port=port,
+                    restart_count_=attempt,
+                    max_restarts=cfg.max_restarts,
+                    run_id=cfg.run_id,
+                    servers=cfg.servers,
+                )
+            )
             self._start(cmd, worker_env, f"rank {rank}", f"rank-{rank}.log", attempt, out, err)
         server_cmd = [sys.executable, "-u", "-m", "corral.runtime.ps.server"]
         for k in range(cfg.servers):
             server_env = dict(base)
-            server_env.update(env.server_env(
-                index=k, workers=cfg.nproc, servers=cfg.servers, master_addr=cfg.master_addr, master_port=port,
-                restart_count_=attempt, max_restarts=cfg.max_restarts, run_id=cfg.run_id,
-            ))
+            server_env.update(
+                env.server_env(
+                    index=k,
+                    workers=cfg.nproc,
+                    servers=cfg.servers,
+                    master_addr=cfg.master_addr,
+                    master_port=port,
+                    restart_count_=attempt,
+                    max_restarts=cfg.max_restarts,
+                    run_id=cfg.run_id,
+                )
+            )
             self._start(server_cmd, server_env, f"server {k}", f"server-{k}.log", attempt, out, err)
 
-    def _start(self, cmd: list[str], proc_env: dict[str, str], label: str, log_name: str, attempt: int,
-               out: IO[bytes], err: IO[bytes]) -> None:
+    def _start(
+        self,
+        cmd: list[str],
+        proc_env: dict[str, str],
+        label: str,
+        log_name: str,
+        attempt: int,
+        out: IO[bytes],
+        err: IO[bytes],
+    ) -> None:
         log = None
         if self.cfg.log_dir is not None:
             log = open(self.cfg.log_dir / log_name, "ab")
@@ -177,8 +205,12 @@ class _Gang:
         # A new session per process: signals reach it and its own children
         # (data-loader processes) through its process group.
         proc = subprocess.Popen(
-            cmd, env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            cmd,
+            env=proc_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.procs.append(proc)
         self.labels.append(label)
@@ -269,8 +301,10 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
         while True:
             store = _Store(cfg.master_addr, cfg.master_port, cfg.nproc + cfg.servers)
             servers = f" and {cfg.servers} server(s)" if cfg.servers else ""
-            say(f"starting {cfg.nproc} worker(s){servers}, attempt {attempt + 1}/{cfg.max_restarts + 1}, "
-                f"rendezvous {cfg.master_addr}:{store.port}")
+            say(
+                f"starting {cfg.nproc} worker(s){servers}, attempt {attempt + 1}/{cfg.max_restarts + 1}, "
+                f"rendezvous {cfg.master_addr}:{store.port}"
+            )
             gang = _Gang(cfg, cmd, store.port, attempt, out, err)
             try:
                 outcome = _watch(gang, cfg, signals, say)
@@ -281,8 +315,11 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
                 store.close()
             if outcome.state == FAILED and attempt < cfg.max_restarts and not signals.received:
                 attempt += 1
-                who = f"server {outcome.failed_server}" if outcome.failed_server is not None \
+                who = (
+                    f"server {outcome.failed_server}"
+                    if outcome.failed_server is not None
                     else f"rank {outcome.failed_rank}"
+                )
                 say(f"restarting the gang ({attempt}/{cfg.max_restarts}) after {who} failed")
                 continue
             outcome.restarts = attempt
@@ -317,8 +354,10 @@ def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> Launc
         all_codes = [p.poll() for p in gang.procs]
         for i, code in enumerate(all_codes):
             if code not in (None, 0, PREEMPTED_EXIT_CODE) and not signals.received:
-                say(f"{gang.labels[i]} failed ({_describe(code)}); stopping the other "
-                    f"{'processes' if cfg.servers else 'workers'}")
+                say(
+                    f"{gang.labels[i]} failed ({_describe(code)}); stopping the other "
+                    f"{'processes' if cfg.servers else 'workers'}"
+                )
                 gang.stop(cfg.grace_period)
                 return _failure(gang, i, code)
         codes = all_codes[: cfg.nproc]

@@ -60,9 +60,18 @@ class ShardedLoader:
         job = self.job
         if self._plan is None or self._plan.epoch != job.epoch or self._plan.history != job._history:
             self._plan = EpochPlan(
-                n=len(self.dataset), epoch=job.epoch, rank=job.rank, world_size=job.world_size,
-                batch_size=self.batch_size, kind=self.partition, seed=job.seed, shuffle=self.shuffle,
-                drop_last=self.drop_last, history=job._history, costs=self.costs, key=self.key,
+                n=len(self.dataset),
+                epoch=job.epoch,
+                rank=job.rank,
+                world_size=job.world_size,
+                batch_size=self.batch_size,
+                kind=self.partition,
+                seed=job.seed,
+                shuffle=self.shuffle,
+                drop_last=self.drop_last,
+                history=job._history,
+                costs=self.costs,
+                key=self.key,
             )
             self.batches_done = self.yielded = 0
         return self._plan

@@ -130,8 +130,16 @@ class EpochPlan:
         check_partition(self.kind)
         if self.batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
-        self.pool = remaining(self.n, self.epoch, self.history, kind=self.kind, seed=self.seed,
-                              shuffle=self.shuffle, costs=self.costs, key=self.key)
+        self.pool = remaining(
+            self.n,
+            self.epoch,
+            self.history,
+            kind=self.kind,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            costs=self.costs,
+            key=self.key,
+        )
         self.parts = partition(self.pool, self.world_size, self.kind, costs=self.costs, key=self.key)
         self.lengths = tuple(len(p) for p in self.parts)
         self.indices = self._even(self.parts[self.rank])

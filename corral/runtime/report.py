@@ -37,8 +37,16 @@ MAX_BACKOFF_S = 10.0  # between retries while the service is unreachable
 class Reporter:
     """Sends (step, values, time) records of one job to the service, batched, from a daemon thread."""
 
-    def __init__(self, server: str, job_id: str, token: str, *, period: float = PERIOD_S,
-                 timeout: float = TIMEOUT_S, max_queue: int = MAX_QUEUE) -> None:
+    def __init__(
+        self,
+        server: str,
+        job_id: str,
+        token: str,
+        *,
+        period: float = PERIOD_S,
+        timeout: float = TIMEOUT_S,
+        max_queue: int = MAX_QUEUE,
+    ) -> None:
         self.url = f"{server.rstrip('/')}/api/v1/jobs/{job_id}/metrics"
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.period = period
@@ -152,8 +160,7 @@ class Reporter:
                 if self._disabled:
                     return
                 # At most one request per period (longer while unreachable); a flush or close cuts the pause.
-                self._cond.wait_for(lambda: self._closed or self._flushing,
-                                    self.period if outcome == "ok" else backoff)
+                self._cond.wait_for(lambda: self._closed or self._flushing, self.period if outcome == "ok" else backoff)
 
     def _post(self, batch: list[dict[str, Any]]) -> str:
         """'ok', 'retry' (unreachable, 5xx, 429), 'drop' (this batch was refused) or 'disable' (never let in)."""
@@ -168,8 +175,10 @@ class Reporter:
             if e.code == 429 or e.code >= 500:
                 self._warn(f"the service answered {e.code} ({detail}); retrying")
                 return "retry"
-            self._warn(f"the service refused metrics with {e.code} ({detail}); "
-                       + ("reporting stops" if e.code in (401, 403, 404) else "dropping them"))
+            self._warn(
+                f"the service refused metrics with {e.code} ({detail}); "
+                + ("reporting stops" if e.code in (401, 403, 404) else "dropping them")
+            )
             return "disable" if e.code in (401, 403, 404) else "drop"
         except Exception as e:  # unreachable, timed out, reset: anything but the job's own concern
             self._warn(f"cannot reach {self.url} ({getattr(e, 'reason', None) or e}); retrying in the background")

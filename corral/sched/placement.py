@@ -170,7 +170,9 @@ class BasePlacer:
     def place_fresh(
         self, free: FreeDevices, demands: Iterable[tuple[str, int]], state: object = None
     ) -> dict[str, Allocation]:
-        """Place each (job id, count) of `demands`, in order, on devices of `free` (taken); those that do not fit are absent."""
+        """Place each (job id, count) of `demands`, in order, on devices of `free` (taken).
+
+        Those that do not fit are absent."""
         if state is None:
             state = self._new_state()
         placed: dict[str, Allocation] = {}

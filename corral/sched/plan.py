@@ -8,8 +8,10 @@ instantly, the service through its executor.
 
 >>> from corral.sched.types import Allocation, ClusterView, Decision, JobView
 >>> a = Allocation.of({"n0": [0, 1]})
->>> plan(Decision({"j1": a}), {"j0": Allocation.of({"n0": [2]})})
-[Preempt(job_id='j0', old=Allocation(slots=(('n0', (2,)),))), Start(job_id='j1', new=Allocation(slots=(('n0', (0, 1)),)))]
+>>> for action in plan(Decision({"j1": a}), {"j0": Allocation.of({"n0": [2]})}):
+...     print(action)
+Preempt(job_id='j0', old=Allocation(slots=(('n0', (2,)),)))
+Start(job_id='j1', new=Allocation(slots=(('n0', (0, 1)),)))
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ def check_allocation(job: JobView, alloc: Allocation, sizes: Mapping[str, int]) 
     k = alloc.num_devices
     lo = max(job.min_gpus, 1)
     if k < lo:
-        return f"job {job.id!r} got {k} devices, outside [{lo}, {job.max_gpus}]: a partial gang (it needs at least {lo})"
+        return (
+            f"job {job.id!r} got {k} devices, outside [{lo}, {job.max_gpus}]: a partial gang (it needs at least {lo})"
+        )
     if k > job.max_gpus:
         return f"job {job.id!r} got {k} devices, outside [{lo}, {job.max_gpus}]"
     for node, devs in alloc.slots:

@@ -26,10 +26,7 @@ class Allocation:
     @classmethod
     def of(cls, mapping: Mapping[str, Iterable[int]]) -> Allocation:
         """Build an allocation from a node -> device ids mapping (empty nodes dropped)."""
-        slots = tuple(
-            (node, tuple(sorted(int(d) for d in devs)))
-            for node, devs in sorted(mapping.items())
-        )
+        slots = tuple((node, tuple(sorted(int(d) for d in devs))) for node, devs in sorted(mapping.items()))
         return cls(tuple((n, d) for n, d in slots if d))
 
     @cached_property
@@ -124,10 +121,7 @@ class ClusterView:
         for alloc in allocations:
             for node, dev in alloc.devices():
                 used.setdefault(node, set()).add(dev)
-        return {
-            n.name: [d for d in range(n.num_devices) if d not in used.get(n.name, ())]
-            for n in self.nodes
-        }
+        return {n.name: [d for d in range(n.num_devices) if d not in used.get(n.name, ())] for n in self.nodes}
 
 
 @dataclass(frozen=True)
@@ -198,7 +192,11 @@ REASON_UNSCHEDULABLE = "Unschedulable"  # can never fit this cluster
 class Policy(Protocol):
     """A scheduling policy: a pure function of (now, jobs, cluster) to a Decision."""
 
-    name: str
+    # A read-only member, so that a class attribute (`name = "fifo"`) satisfies it.
+    @property
+    def name(self) -> str:
+        """The registered name of the policy."""
+        ...
 
     def schedule(self, now: float, jobs: tuple[JobView, ...] | list[JobView], cluster: ClusterView) -> Decision:
         """Decide every active job's allocation for the next round."""
@@ -217,5 +215,7 @@ class Placer(Protocol):
         cluster: ClusterView,
         keep: Mapping[str, Allocation] | None = None,
     ) -> dict[str, Allocation]:
-        """Give each job id in `demands` (in order) that many devices; `keep` are current allocations to preserve when the count is unchanged. Jobs that do not fit are absent."""
+        """Give each job id in `demands` (in order) that many devices.
+
+        `keep` are current allocations to preserve when the count is unchanged. Jobs that do not fit are absent."""
         ...

@@ -49,7 +49,9 @@ def simulate_command(
     placement: str = typer.Option("pack", "--placement", help="Placer: pack, spread or random."),
     round_s: str = typer.Option("60", "--round", help="Seconds between scheduling rounds.", metavar="SECONDS"),
     restart_overhead: str = typer.Option(
-        "30", "--restart-overhead", help="Seconds a restarted, resized or migrated job makes no progress.",
+        "30",
+        "--restart-overhead",
+        help="Seconds a restarted, resized or migrated job makes no progress.",
         metavar="SECONDS",
     ),
     event_rounds: bool = typer.Option(

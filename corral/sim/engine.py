@@ -46,10 +46,18 @@ from corral.sched.plan import InvalidDecision, Migrate, Preempt, Resize, Start, 
 from corral.sched.types import EMPTY, Allocation, ClusterView, JobView, Policy
 from corral.sim.result import JobResult, JobStatus, SimConfig, SimProgress, SimResult
 from corral.sim.tracejob import TraceJob
-from corral.sim.work import Packing, WorkModel, build_work
+from corral.sim.work import Packing, ReportingWork, WorkModel, build_work
 
-__all__ = ["InvalidDecision", "JobResult", "JobStatus", "SimConfig", "SimProgress", "SimResult", "Simulator",
-           "simulate"]
+__all__ = [
+    "InvalidDecision",
+    "JobResult",
+    "JobStatus",
+    "SimConfig",
+    "SimProgress",
+    "SimResult",
+    "Simulator",
+    "simulate",
+]
 
 INF = math.inf
 _NO_EXTRA: Any = MappingProxyType({})
@@ -65,9 +73,28 @@ class _Job:
     """
 
     __slots__ = (
-        "tj", "work", "total", "alloc", "n", "done", "t_done", "rate", "seg_end", "last", "busy_until",
-        "attained", "run_time", "restarts", "preemptions", "first_start", "finish", "version",
-        "static", "status", "live",
+        "tj",
+        "work",
+        "total",
+        "alloc",
+        "n",
+        "done",
+        "t_done",
+        "rate",
+        "seg_end",
+        "last",
+        "busy_until",
+        "attained",
+        "run_time",
+        "restarts",
+        "preemptions",
+        "first_start",
+        "finish",
+        "version",
+        "static",
+        "status",
+        "live",
+        "reporting",
     )
 
     def __init__(self, tj: TraceJob, work: WorkModel) -> None:
@@ -90,15 +117,24 @@ class _Job:
         self.finish: float | None = None
         self.version = 0
         self.static: dict[str, Any] = {
-            "id": tj.id, "user": tj.user, "priority": tj.priority, "submit_time": tj.submit_time,
-            "min_gpus": tj.min_gpus, "max_gpus": tj.max_gpus, "gpus": tj.gpus,
-            "duration_estimate": work.ideal_duration, "throughput": None, "preemptible": True,
+            "id": tj.id,
+            "user": tj.user,
+            "priority": tj.priority,
+            "submit_time": tj.submit_time,
+            "min_gpus": tj.min_gpus,
+            "max_gpus": tj.max_gpus,
+            "gpus": tj.gpus,
+            "duration_estimate": work.ideal_duration,
+            "throughput": None,
+            "preemptible": True,
             "extra": _NO_EXTRA if tj.application is None else MappingProxyType({"application": tj.application}),
         }
         self.status = JobStatus.UNFINISHED
-        self.live = hasattr(work, "throughput_model")
-        if self.live:
-            self.static["max_gpus"] = work.max_gpus_now()
+        # A job that reports (ProfileWork): its fitted model and limit change as it runs.
+        self.reporting: ReportingWork | None = work if hasattr(work, "throughput_model") else None  # type: ignore[assignment]
+        self.live = self.reporting is not None
+        if self.reporting is not None:
+            self.static["max_gpus"] = self.reporting.max_gpus_now()
 
     def done_at(self, t: float) -> float:
         """Work done by `t` under the current allocation."""
@@ -168,15 +204,36 @@ def _make_view(job: _Job, now: float) -> JobView:
 
 
 _VIEW_FIELDS = {f.name for f in fields(JobView)}
-_SET_FIELDS = {"id", "user", "priority", "submit_time", "min_gpus", "max_gpus", "gpus", "duration_estimate",
-               "throughput", "preemptible", "extra", "attained_service", "progress", "allocation", "run_time",
-               "restarts"}
+_SET_FIELDS = {
+    "id",
+    "user",
+    "priority",
+    "submit_time",
+    "min_gpus",
+    "max_gpus",
+    "gpus",
+    "duration_estimate",
+    "throughput",
+    "preemptible",
+    "extra",
+    "attained_service",
+    "progress",
+    "allocation",
+    "run_time",
+    "restarts",
+}
 if _VIEW_FIELDS != _SET_FIELDS or hasattr(JobView, "__slots__"):  # pragma: no cover - types.py changed
 
     def _make_view(job: _Job, now: float) -> JobView:  # noqa: F811 - the portable path
         attained, run_time, progress = _dynamic(job, now)
-        return JobView(**job.static, attained_service=attained, run_time=run_time, progress=progress,
-                       allocation=job.alloc, restarts=job.restarts)
+        return JobView(
+            **job.static,
+            attained_service=attained,
+            run_time=run_time,
+            progress=progress,
+            allocation=job.alloc,
+            restarts=job.restarts,
+        )
 
 
 def _every_round(now: float, view: JobView) -> float:
@@ -389,11 +446,11 @@ class Simulator:
                 due[job.tj.id] = job
         for job in due.values():
             jid = job.tj.id
-            if job.live and job.n:
+            if job.reporting is not None and job.n:
                 # Application jobs report their step time; the fitted model and
                 # the exploration limit change as they run.
-                job.static["throughput"] = job.work.throughput_model(job.alloc, job.done_at(now))
-                job.static["max_gpus"] = job.work.max_gpus_now()
+                job.static["throughput"] = job.reporting.throughput_model(job.alloc, job.done_at(now))
+                job.static["max_gpus"] = job.reporting.max_gpus_now()
             view = views[jid] = _make_view(job, now)
             if not job.n:
                 self.every.pop(jid, None)
@@ -446,10 +503,20 @@ class Simulator:
     def _result(self, job: _Job) -> JobResult:
         tj = job.tj
         return JobResult(
-            id=tj.id, user=tj.user, priority=tj.priority, submit_time=tj.submit_time, gpus=tj.gpus,
-            min_gpus=tj.min_gpus, max_gpus=tj.max_gpus, ideal_duration=job.work.ideal_duration,
-            status=job.status, first_start=job.first_start, finish_time=job.finish,
-            attained_service=job.attained, run_time=job.run_time, restarts=job.restarts,
+            id=tj.id,
+            user=tj.user,
+            priority=tj.priority,
+            submit_time=tj.submit_time,
+            gpus=tj.gpus,
+            min_gpus=tj.min_gpus,
+            max_gpus=tj.max_gpus,
+            ideal_duration=job.work.ideal_duration,
+            status=job.status,
+            first_start=job.first_start,
+            finish_time=job.finish,
+            attained_service=job.attained,
+            run_time=job.run_time,
+            restarts=job.restarts,
             preemptions=job.preemptions,
         )
 

@@ -48,7 +48,13 @@ class Metrics:
 
 def jcts(result: SimResult) -> np.ndarray:
     """JCTs of the finished jobs, in trace order (seconds)."""
-    return np.array([j.finish_time - j.submit_time for j in result.jobs if j.status is JobStatus.FINISHED])
+    return np.array(
+        [
+            j.finish_time - j.submit_time
+            for j in result.jobs
+            if j.status is JobStatus.FINISHED and j.finish_time is not None
+        ]
+    )
 
 
 def makespan(result: SimResult) -> float | None:

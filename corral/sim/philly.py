@@ -23,7 +23,9 @@ def _rows(path: Path, lines: list[str] | None) -> list[tuple[float, float, int, 
         ts = parse_timestamp(row["timestamp"], where(path, line, "timestamp"))
         duration = parse_float(row["duration"], where(path, line, "duration"), positive=True)
         gpus = parse_int(row["num_gpus"], where(path, line, "num_gpus"), minimum=1)
-        gpu_time = parse_float(row["gpu_time"], where(path, line, "gpu_time")) if row.get("gpu_time") else duration * gpus
+        gpu_time = (
+            parse_float(row["gpu_time"], where(path, line, "gpu_time")) if row.get("gpu_time") else duration * gpus
+        )
         out.append((ts, duration, gpus, gpu_time, row.get("cluster") or "default"))
     if not out:
         raise UserError(f"{path}: the trace has no jobs")

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class ApplicationProfile:
                 placements["step_time"][rows][order],
                 placements["sync_time"][rows][order],
             )
-        self._interp = None  # built on first use: a Delaunay triangulation is not free
+        self._interp: tuple[Any, Any] | None = None  # built on first use: a Delaunay triangulation is not free
 
     @property
     def target_progress(self) -> float:
@@ -131,8 +132,10 @@ class ApplicationProfile:
             nodes = np.array([len(str(int(v))) for v in p["placement"]], dtype=float)
             reps = np.array([sum(map(int, str(int(v)))) for v in p["placement"]], dtype=float)
             keys: dict[tuple[float, float, float], list[tuple[float, float]]] = {}
-            for k, st, sy in zip(zip(nodes, reps, p["local_bsz"], strict=True), p["step_time"], p["sync_time"], strict=True):
-                keys.setdefault(tuple(map(float, k)), []).append((st, sy))
+            for k, st, sy in zip(
+                zip(nodes, reps, p["local_bsz"], strict=True), p["step_time"], p["sync_time"], strict=True
+            ):
+                keys.setdefault((float(k[0]), float(k[1]), float(k[2])), []).append((st, sy))
             pts = [k for k in keys] + list(zip(s["num_nodes"], s["num_replicas"], s["local_bsz"], strict=True))
             vals = [tuple(np.mean(v, axis=0)) for v in keys.values()] + list(
                 zip(s["step_time"], s["sync_time"], strict=True)
@@ -147,7 +150,7 @@ class ApplicationProfile:
         return float(out[0]), float(out[1])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _grad_stats(app: ApplicationProfile, batch_size: int, epoch: int) -> tuple[float, float]:
     b = app._batches
     x = float(min(max(batch_size, b[0]), b[-1]))
@@ -162,7 +165,7 @@ def _grad_stats(app: ApplicationProfile, batch_size: int, epoch: int) -> tuple[f
     return float(sqr), float(var)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _step_time(app: ApplicationProfile, placement: tuple[int, ...], local_bsz: float) -> tuple[float, float]:
     # Normalise to the lexicographically smallest rotation, as the artifact does.
     norm = min(placement[i:] + placement[:i] for i in range(len(placement)))
@@ -174,7 +177,7 @@ def _step_time(app: ApplicationProfile, placement: tuple[int, ...], local_bsz: f
     return app._nd_interp((float(min(len(norm), 16)), float(sum(norm)), local_bsz))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _best_config(app: ApplicationProfile, placement: tuple[int, ...], epoch: int) -> BatchConfig:
     # As adaptdl's GoodputFunction.optimize: 50 total batch sizes in geometric
     # space from max(init, replicas * min local batch) to the largest batch.

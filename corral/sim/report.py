@@ -56,9 +56,7 @@ def markdown_table(metrics: Sequence[Metrics]) -> str:
     """A markdown table with one row per policy."""
     head = "| policy | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(COLUMNS)
-    rows = [
-        f"| {m.policy} | " + " | ".join(fmt(getattr(m, f), k) for f, _, k in COLUMNS) + " |" for m in metrics
-    ]
+    rows = [f"| {m.policy} | " + " | ".join(fmt(getattr(m, f), k) for f, _, k in COLUMNS) + " |" for m in metrics]
     return "\n".join([head, rule, *rows])
 
 
@@ -119,8 +117,14 @@ def plot_all(out: Path, results: Sequence[SimResult], title: str) -> list[Path]:
     for i, r in enumerate(results):
         v = np.sort(jcts(r))
         if len(v):
-            ax.step(np.maximum(v, 1e-3), np.arange(1, len(v) + 1) / len(v), where="post", label=r.policy,
-                    linestyle=_STYLES[i % len(_STYLES)], linewidth=_width(i, len(results)))
+            ax.step(
+                np.maximum(v, 1e-3),
+                np.arange(1, len(v) + 1) / len(v),
+                where="post",
+                label=r.policy,
+                linestyle=_STYLES[i % len(_STYLES)],
+                linewidth=_width(i, len(results)),
+            )
     ax.set_xscale("log")
     ax.set_xlabel("job completion time (s, log scale)")
     ax.set_ylabel("fraction of finished jobs")
@@ -144,8 +148,13 @@ def plot_all(out: Path, results: Sequence[SimResult], title: str) -> list[Path]:
             if not len(t):
                 continue
             x = (t - t0) / (3600 if hours else 60)
-            ax.plot(x, 100 * y if fname == "utilisation.png" else y, label=r.policy,
-                    linewidth=_width(i, len(results)), linestyle=_STYLES[i % len(_STYLES)])
+            ax.plot(
+                x,
+                100 * y if fname == "utilisation.png" else y,
+                label=r.policy,
+                linewidth=_width(i, len(results)),
+                linestyle=_STYLES[i % len(_STYLES)],
+            )
         ax.set_xlabel(f"simulated time since first arrival ({'hours' if hours else 'minutes'})")
         ax.set_ylabel(ylabel)
         if fname == "utilisation.png":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from corral.errors import UserError
@@ -78,6 +78,6 @@ def parse_float(text: str, at: str, *, positive: bool = False) -> float:
 def parse_timestamp(text: str, at: str) -> float:
     """A 'YYYY-mm-dd HH:MM:SS' timestamp as POSIX seconds (UTC)."""
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise UserError(f"{at}: expected a timestamp like 2017-10-09 07:01:55, got {text!r}") from None

@@ -15,8 +15,8 @@ class TraceJob:
     submit_time: float
     gpus: int  # devices requested (what a rigid policy gives it)
     duration: float | None = None  # seconds alone on `gpus` packed devices; None when `profile` decides
-    min_gpus: int | None = None  # None: same as gpus
-    max_gpus: int | None = None  # None: same as gpus
+    min_gpus: int = 0  # 0: same as gpus
+    max_gpus: int = 0  # 0: same as gpus
     priority: int = 0
     user: str = "default"
     application: str | None = None  # Pollux application name, when the job has a profile
@@ -24,12 +24,14 @@ class TraceJob:
     profile: ApplicationProfile | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.min_gpus is None:
+        if not self.min_gpus:
             object.__setattr__(self, "min_gpus", self.gpus)
-        if self.max_gpus is None:
+        if not self.max_gpus:
             object.__setattr__(self, "max_gpus", self.gpus)
         if not 1 <= self.min_gpus <= self.gpus <= self.max_gpus:
-            raise ValueError(f"job {self.id}: need 1 <= min_gpus <= gpus <= max_gpus, got "
-                             f"{self.min_gpus}, {self.gpus}, {self.max_gpus}")
+            raise ValueError(
+                f"job {self.id}: need 1 <= min_gpus <= gpus <= max_gpus, got "
+                f"{self.min_gpus}, {self.gpus}, {self.max_gpus}"
+            )
         if self.profile is None and not (self.duration is not None and self.duration > 0):
             raise ValueError(f"job {self.id}: a positive duration or an application profile is required")

@@ -24,6 +24,7 @@ Generic CSV (header required, columns in any order, the last four optional)::
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -32,8 +33,17 @@ from corral.sim.profiles import load_profile
 from corral.sim.tracecsv import csv_rows, open_text, parse_float, parse_int, parse_timestamp, where
 from corral.sim.tracejob import TraceJob
 
-__all__ = ["SPEC_HELP", "TraceJob", "default_traces_dir", "load_file", "load_gavel", "load_generic_csv",
-           "load_pollux_workload", "load_trace", "parse_timestamp"]
+__all__ = [
+    "SPEC_HELP",
+    "TraceJob",
+    "default_traces_dir",
+    "load_file",
+    "load_gavel",
+    "load_generic_csv",
+    "load_pollux_workload",
+    "load_trace",
+    "parse_timestamp",
+]
 
 GENERIC_COLUMNS = ("id", "submit_time", "duration", "gpus", "min_gpus", "max_gpus", "priority", "user")
 GENERIC_REQUIRED = GENERIC_COLUMNS[:4]
@@ -110,7 +120,7 @@ def load_generic_csv(path: Path, lines: list[str] | None = None) -> list[TraceJo
     jobs: list[TraceJob] = []
     seen: dict[str, int] = {}
     for line, row in rows:
-        at = lambda col: where(path, line, col)  # noqa: E731 - a short local helper
+        at = functools.partial(where, path, line)
         job_id = row["id"]
         if not job_id:
             raise UserError(f"{at('id')}: expected a job id, got an empty field")
@@ -209,7 +219,9 @@ def load_gavel(path: Path) -> list[TraceJob]:
             single = throughputs.get(f"({job_type!r}, 1)", {}).get("null")
             tput = single * scale if single else None
         if not tput:
-            raise UserError(f"{where(path, line, 'job_type')}: no V100 throughput for {job_type!r} at scale factor {scale}")
+            raise UserError(
+                f"{where(path, line, 'job_type')}: no V100 throughput for {job_type!r} at scale factor {scale}"
+            )
         jobs.append(
             TraceJob(
                 id=f"{path.stem}-{len(jobs)}",

@@ -38,6 +38,18 @@ class WorkModel(Protocol):
         ...
 
 
+class ReportingWork(WorkModel, Protocol):
+    """A WorkModel that also stands in for the job's reports: its fitted model and exploration limit."""
+
+    def throughput_model(self, alloc: Allocation, done: float) -> GoodputModel | None:
+        """The GoodputModel fitted from the step times run so far under `alloc` at progress `done`."""
+        ...
+
+    def max_gpus_now(self) -> int:
+        """The most devices the job may be given now (AdaptDL's exploration limit)."""
+        ...
+
+
 class Packing:
     """The packed placement of n devices on a cluster: fill the largest nodes first."""
 
@@ -191,4 +203,3 @@ def build_work(job: TraceJob, packing: Packing, cross_node_penalty: float) -> Wo
         return ProfileWork(job, packing)
     assert job.duration is not None
     return RigidWork(job.duration, job.gpus, cross_node_penalty, packing)
-

@@ -59,8 +59,10 @@ def chromium_path() -> str:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     if not CHROMIUM.exists():
-        raise RuntimeError(f"Chromium is needed for the dashboard test and could not be installed "
-                           f"({problem or 'apt-get succeeded but ' + str(CHROMIUM) + ' is missing'}); "
-                           f"run `apt-get install -y --no-install-recommends chromium` as root "
-                           f"or set CORRAL_CHROMIUM to a Chromium executable")
+        raise RuntimeError(
+            f"Chromium is needed for the dashboard test and could not be installed "
+            f"({problem or 'apt-get succeeded but ' + str(CHROMIUM) + ' is missing'}); "
+            f"run `apt-get install -y --no-install-recommends chromium` as root "
+            f"or set CORRAL_CHROMIUM to a Chromium executable"
+        )
     return str(CHROMIUM)

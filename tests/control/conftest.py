@@ -34,15 +34,20 @@ class LiveServer:
 
     def env(self, token: str | None = None) -> dict[str, str]:
         """Environment for a `corral` CLI subprocess talking to this server."""
-        return {"CORRAL_SERVER": self.url, "CORRAL_TOKEN": self.token if token is None else token,
-                "CORRAL_HOME": str(self.home / "client-home")}
+        return {
+            "CORRAL_SERVER": self.url,
+            "CORRAL_TOKEN": self.token if token is None else token,
+            "CORRAL_HOME": str(self.home / "client-home"),
+        }
 
 
-def start_server(home: Path, *, devices: int = 2, policy: str = "priority", round_seconds: float = 1.0,
-                 grace: float = 10.0) -> tuple[ServerThread, LiveServer]:
+def start_server(
+    home: Path, *, devices: int = 2, policy: str = "priority", round_seconds: float = 1.0, grace: float = 10.0
+) -> tuple[ServerThread, LiveServer]:
     """Start a service with its API in this process."""
-    service = Service(ServiceConfig(home=home, devices=devices, policy=policy, round_seconds=round_seconds,
-                                    grace=grace))
+    service = Service(
+        ServiceConfig(home=home, devices=devices, policy=policy, round_seconds=round_seconds, grace=grace)
+    )
     service.ensure_admin()
     token = (home / "admin-token").read_text().strip()
     thread = ServerThread(service).start()

@@ -39,8 +39,9 @@ class FakeLoop:
         self.sched = self._new()
 
     def _new(self) -> Scheduler:
-        return Scheduler(self.store, self.executor, policies.get(self.policy, **self.opts), grace=self.grace,
-                         clock=self.clock)
+        return Scheduler(
+            self.store, self.executor, policies.get(self.policy, **self.opts), grace=self.grace, clock=self.clock
+        )
 
     def restart(self) -> None:
         """The service dies and starts again: its executor forgets what it watched, the new one recovers."""
@@ -48,11 +49,23 @@ class FakeLoop:
         self.sched = self._new()
         self.sched.recover()
 
-    def submit(self, name: str = "job", gpus: int = 1, *, lo: int | None = None, hi: int | None = None,
-               user: str = "alice", **spec: Any) -> int:
+    def submit(
+        self,
+        name: str = "job",
+        gpus: int = 1,
+        *,
+        lo: int | None = None,
+        hi: int | None = None,
+        user: str = "alice",
+        **spec: Any,
+    ) -> int:
         """Queue a job; returns its id."""
-        body = {"name": name, "entrypoint": "python train.py",
-                "resources": {"gpus": gpus, "min_gpus": lo or gpus, "max_gpus": hi or gpus}, **spec}
+        body = {
+            "name": name,
+            "entrypoint": "python train.py",
+            "resources": {"gpus": gpus, "min_gpus": lo or gpus, "max_gpus": hi or gpus},
+            **spec,
+        }
         return self.store.add_job(body, user).id
 
     def round(self, advance: float = 0.0) -> None:

@@ -60,11 +60,22 @@ def one_line(resp) -> str:
 # -- auth ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,path", [
-    ("get", "/jobs"), ("post", "/jobs"), ("get", "/jobs/1"), ("post", "/jobs/1/cancel"), ("get", "/jobs/1/events"),
-    ("get", "/jobs/1/metrics"), ("post", "/jobs/1/metrics"), ("get", "/jobs/1/logs"), ("get", "/cluster"),
-    ("get", "/whoami"), ("post", "/users"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("get", "/jobs"),
+        ("post", "/jobs"),
+        ("get", "/jobs/1"),
+        ("post", "/jobs/1/cancel"),
+        ("get", "/jobs/1/events"),
+        ("get", "/jobs/1/metrics"),
+        ("post", "/jobs/1/metrics"),
+        ("get", "/jobs/1/logs"),
+        ("get", "/cluster"),
+        ("get", "/whoami"),
+        ("post", "/users"),
+    ],
+)
 def test_every_route_needs_a_token(server: LiveServer, method: str, path: str) -> None:
     before = snapshot(server)
     for token in ("", "not-a-token"):
@@ -135,8 +146,12 @@ def test_concurrent_creations_of_one_name_never_fail(server: LiveServer) -> None
     assert [a for a in answers if a[1] != 201] == []  # never a 500: the loser of a race re-keys
     assert dict(x for x in snapshot(server) if x[0] == "users")["users"] == users_before + len(names)
     for name in names:  # as if one came after the other: exactly one token (the last) is valid
-        valid = [a[2] for a in answers if a[0] == name
-                 if server.client(a[2]["token"]).get(f"{API}/whoami").status_code == 200]
+        valid = [
+            a[2]
+            for a in answers
+            if a[0] == name
+            if server.client(a[2]["token"]).get(f"{API}/whoami").status_code == 200
+        ]
         assert len(valid) == 1 and valid[0]["admin"] is False, (name, valid)
 
 
@@ -179,20 +194,23 @@ def test_a_lost_race_on_a_new_name_becomes_a_rekey(server: LiveServer, monkeypat
 # -- submit ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body,expect", [
-    ({"name": "x", "entrypoint": "python -c pass", "bogus": 1}, "bogus: unknown field"),
-    ({"name": "x"}, "entrypoint: Field required"),
-    ({"name": "x", "entrypoint": "p", "resources": {"gpus": -1}}, "resources.gpus"),
-    ({"name": "x", "entrypoint": "p", "resources": {"gpus": 0}}, "resources.gpus"),
-    ({"name": "x", "entrypoint": "p", "resources": {"gpus": 3}}, "at least 3 devices; this cluster has 2"),
-    ({"name": "x", "entrypoint": "p", "resources": {"min_gpus": 3, "max_gpus": 4}}, "at least 3 devices"),
-    ({"name": "x", "entrypoint": "p", "resources": {"min_gpus": 2, "max_gpus": 1}}, "min_gpus (2) must be <="),
-    ({"name": "x", "entrypoint": "p", "priority": 10**6}, "priority"),
-    ({"name": "x", "entrypoint": "p", "max_restarts": -1}, "max_restarts"),
-    ({"name": "x", "entrypoint": "'unclosed"}, "entrypoint is not a valid command line"),
-    ({"name": "bad name!", "entrypoint": "p"}, "name"),
-    ([1, 2], "body"),
-])
+@pytest.mark.parametrize(
+    "body,expect",
+    [
+        ({"name": "x", "entrypoint": "python -c pass", "bogus": 1}, "bogus: unknown field"),
+        ({"name": "x"}, "entrypoint: Field required"),
+        ({"name": "x", "entrypoint": "p", "resources": {"gpus": -1}}, "resources.gpus"),
+        ({"name": "x", "entrypoint": "p", "resources": {"gpus": 0}}, "resources.gpus"),
+        ({"name": "x", "entrypoint": "p", "resources": {"gpus": 3}}, "at least 3 devices; this cluster has 2"),
+        ({"name": "x", "entrypoint": "p", "resources": {"min_gpus": 3, "max_gpus": 4}}, "at least 3 devices"),
+        ({"name": "x", "entrypoint": "p", "resources": {"min_gpus": 2, "max_gpus": 1}}, "min_gpus (2) must be <="),
+        ({"name": "x", "entrypoint": "p", "priority": 10**6}, "priority"),
+        ({"name": "x", "entrypoint": "p", "max_restarts": -1}, "max_restarts"),
+        ({"name": "x", "entrypoint": "'unclosed"}, "entrypoint is not a valid command line"),
+        ({"name": "bad name!", "entrypoint": "p"}, "name"),
+        ([1, 2], "body"),
+    ],
+)
 def test_bad_specs_are_refused_and_change_nothing(server: LiveServer, body, expect: str) -> None:
     before = snapshot(server)
     resp = server.client().post(f"{API}/jobs", json=body)
@@ -201,8 +219,16 @@ def test_bad_specs_are_refused_and_change_nothing(server: LiveServer, body, expe
     assert snapshot(server) == before
 
 
-@pytest.mark.parametrize("field,literal", [("timeout", "NaN"), ("timeout", "Infinity"), ("timeout", "-Infinity"),
-                                           ("duration_estimate", "NaN"), ("duration_estimate", "Infinity")])
+@pytest.mark.parametrize(
+    "field,literal",
+    [
+        ("timeout", "NaN"),
+        ("timeout", "Infinity"),
+        ("timeout", "-Infinity"),
+        ("duration_estimate", "NaN"),
+        ("duration_estimate", "Infinity"),
+    ],
+)
 def test_spec_refuses_nan_and_infinity(server: LiveServer, field: str, literal: str) -> None:
     server.service.stop()  # the store only: a bad submission must change nothing
     before = snapshot(server)
@@ -229,8 +255,7 @@ def test_submit_runs_to_success_and_records_every_transition(server: LiveServer)
     done = wait_state(server, job["id"], {"SUCCEEDED", "FAILED"})
     assert done["state"] == "SUCCEEDED" and done["exit_code"] == 0 and done["queue_time"] >= 0
     events = c.get(f"{API}/jobs/{job['id']}/events").json()["events"]
-    assert [(e["src"], e["dst"]) for e in events] == [("", "PENDING"), ("PENDING", "RUNNING"),
-                                                     ("RUNNING", "SUCCEEDED")]
+    assert [(e["src"], e["dst"]) for e in events] == [("", "PENDING"), ("PENDING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
     assert "local:0,local:1" in events[1]["cause"]
     log = c.get(f"{API}/jobs/{job['id']}/logs").text
     assert "[rank 0]" in log and "[rank 1]" in log
@@ -285,13 +310,25 @@ def test_others_see_env_values_redacted_and_no_last_log(server: LiveServer) -> N
     assert "hunter2" not in bob.get(f"{API}/jobs").text + bob.get(f"{API}/jobs/{submitted['id']}").text
     assert listed[bobs["id"]]["spec"]["env"] == {"MINE": "x"}  # bob's own job in full
     for who in (alice, server.client()):  # the owner and an admin see everything
-        for view in (who.get(f"{API}/jobs/{submitted['id']}").json(),
-                     next(j for j in who.get(f"{API}/jobs").json()["jobs"] if j["id"] == submitted["id"])):
+        for view in (
+            who.get(f"{API}/jobs/{submitted['id']}").json(),
+            next(j for j in who.get(f"{API}/jobs").json()["jobs"] if j["id"] == submitted["id"]),
+        ):
             assert view["spec"]["env"] == env and view["last_log"] == "Traceback: bad key hunter2"
 
 
-@pytest.mark.parametrize("path", ["/jobs/999", "/jobs/999/events", "/jobs/999/metrics", "/jobs/999/logs",
-                                  "/jobs/0", "/jobs/-3", "/jobs/99999999999999999999"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs/999",
+        "/jobs/999/events",
+        "/jobs/999/metrics",
+        "/jobs/999/logs",
+        "/jobs/0",
+        "/jobs/-3",
+        "/jobs/99999999999999999999",
+    ],
+)
 def test_unknown_job_ids(server: LiveServer, path: str) -> None:
     resp = server.client().get(API + path)
     assert resp.status_code in (404, 422)
@@ -371,7 +408,7 @@ def test_logs_are_read_through_the_executor(server: LiveServer, monkeypatch: pyt
 
     def read_log(job_id: int, rank: int | None, offset: int = 0, limit: int = 1 << 20) -> bytes:
         calls.append((job_id, rank))
-        return logs[rank][offset:offset + limit]
+        return logs[rank][offset : offset + limit]
 
     monkeypatch.setattr(server.service.executor, "read_log", read_log)
     resp = c.get(f"{API}/jobs/{job['id']}/logs", params={"rank": 0, "offset": 2})
@@ -400,8 +437,12 @@ def test_metrics_report_with_job_token_or_owner(server: LiveServer) -> None:
     bob = server.client(server.user("bob"))
     assert bob.post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 403
     assert server.client("nope").post(f"{API}/jobs/{job['id']}/metrics", json=body).status_code == 401
-    for bad in ({"records": []}, {"records": [{"step": -1, "values": {}}]},
-                {"records": [{"step": 1, "values": {"a": "x"}}]}, {}):
+    for bad in (
+        {"records": []},
+        {"records": [{"step": -1, "values": {}}]},
+        {"records": [{"step": 1, "values": {"a": "x"}}]},
+        {},
+    ):
         assert alice.post(f"{API}/jobs/{job['id']}/metrics", json=bad).status_code == 422
     assert alice.post(f"{API}/jobs/777/metrics", json=body).status_code == 404
     after = snapshot(server)
@@ -409,15 +450,20 @@ def test_metrics_report_with_job_token_or_owner(server: LiveServer) -> None:
     alice.post(f"{API}/jobs/{job['id']}/cancel")
 
 
-@pytest.mark.parametrize("raw,field", [
-    ('{"records":[{"step":1,"values":{"loss":NaN}}]}', "records.0.values.loss"),
-    ('{"records":[{"step":1,"values":{"loss":Infinity}}]}', "records.0.values.loss"),
-    ('{"records":[{"step":1,"values":{"loss":-Infinity}}]}', "records.0.values.loss"),
-    ('{"records":[{"step":1,"values":{"loss":1.0}},{"step":2,"values":{"progress":NaN}}]}',
-     "records.1.values.progress"),
-    ('{"records":[{"step":1,"values":{"progress":Infinity}}]}', "records.0.values.progress"),
-    ('{"records":[{"step":1,"values":{"loss":1.0},"time":NaN}]}', "records.0.time"),
-])
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        ('{"records":[{"step":1,"values":{"loss":NaN}}]}', "records.0.values.loss"),
+        ('{"records":[{"step":1,"values":{"loss":Infinity}}]}', "records.0.values.loss"),
+        ('{"records":[{"step":1,"values":{"loss":-Infinity}}]}', "records.0.values.loss"),
+        (
+            '{"records":[{"step":1,"values":{"loss":1.0}},{"step":2,"values":{"progress":NaN}}]}',
+            "records.1.values.progress",
+        ),
+        ('{"records":[{"step":1,"values":{"progress":Infinity}}]}', "records.0.values.progress"),
+        ('{"records":[{"step":1,"values":{"loss":1.0},"time":NaN}]}', "records.0.time"),
+    ],
+)
 def test_metrics_refuse_nan_and_infinity(server: LiveServer, raw: str, field: str) -> None:
     server.service.stop()  # the job stays PENDING, so the snapshot is stable
     c = server.client()
@@ -436,7 +482,7 @@ def test_prometheus_metrics(server: LiveServer) -> None:
     c.post(f"{API}/jobs", json=spec("a", sleeper(), gpus=2))
     c.post(f"{API}/jobs", json=spec("b", sleeper(), gpus=2))
     deadline = time.monotonic() + 30
-    while 'corral_devices_used 2.0' not in (text := server.client("").get("/metrics").text):
+    while "corral_devices_used 2.0" not in (text := server.client("").get("/metrics").text):
         assert time.monotonic() < deadline, text
         time.sleep(0.1)
     assert 'corral_jobs{state="RUNNING"} 1.0' in text and 'corral_jobs{state="PENDING"} 1.0' in text

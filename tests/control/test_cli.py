@@ -51,8 +51,11 @@ def refused(r: Result | subprocess.CompletedProcess[str], *fragments: str) -> st
 
 def write_spec(path: Path, **fields: object) -> Path:
     """A job file with a valid default spec updated by `fields`."""
-    spec: dict[str, object] = {"name": "job", "entrypoint": f"python {WORKERS / 'sleeper.py'}",
-                               "resources": {"gpus": 1}}
+    spec: dict[str, object] = {
+        "name": "job",
+        "entrypoint": f"python {WORKERS / 'sleeper.py'}",
+        "resources": {"gpus": 1},
+    }
     spec.update(fields)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
@@ -91,8 +94,7 @@ def state(live: LiveServer, job_id: int) -> str:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> Callable[..., Result]:
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Result]:
     """Run `corral ARGS` in this process with extra environment; no server or token unless given."""
     import corral.cli
 
@@ -133,15 +135,18 @@ def test_help_lists_every_command_and_imports_nothing_heavy() -> None:
     assert r.returncode == 0
     for cmd in ("server", "token", "submit", "jobs", "describe", "logs", "cancel", "cluster", "demo"):
         assert f" {cmd} " in r.stdout, cmd
-    probe = ("import sys; from corral import cli; cli._register(); "
-             "print([m for m in ('httpx', 'fastapi', 'uvicorn', 'torch', 'matplotlib', 'sqlalchemy') "
-             "if m in sys.modules])")
+    probe = (
+        "import sys; from corral import cli; cli._register(); "
+        "print([m for m in ('httpx', 'fastapi', 'uvicorn', 'torch', 'matplotlib', 'sqlalchemy') "
+        "if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_server_and_token_are_resolved_from_option_then_environment_then_file(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("CORRAL_SERVER", raising=False)
     monkeypatch.delenv("CORRAL_TOKEN", raising=False)
     monkeypatch.setenv("CORRAL_HOME", str(tmp_path))
@@ -160,10 +165,22 @@ def test_server_and_token_are_resolved_from_option_then_environment_then_file(
     assert resolve_token("from-option") == "from-option"
 
 
-@pytest.mark.parametrize("args", [["jobs"], ["describe", "1"], ["logs", "1"], ["logs", "1", "-f"], ["cancel", "1"],
-                                  ["cluster"], ["token", "create", "bob"], ["submit", "JOB"]])
-def test_every_client_command_explains_an_unreachable_server(cli: Callable[..., Result], tmp_path: Path,
-                                                             args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["jobs"],
+        ["describe", "1"],
+        ["logs", "1"],
+        ["logs", "1", "-f"],
+        ["cancel", "1"],
+        ["cluster"],
+        ["token", "create", "bob"],
+        ["submit", "JOB"],
+    ],
+)
+def test_every_client_command_explains_an_unreachable_server(
+    cli: Callable[..., Result], tmp_path: Path, args: list[str]
+) -> None:
     job = write_spec(tmp_path / "job.yaml")
     args = [str(job) if a == "JOB" else a for a in args]
     url = f"http://127.0.0.1:{free_port()}"
@@ -183,13 +200,22 @@ def test_demo_refuses_a_bad_device_count(cli: Callable[..., Result]) -> None:
 # -- tokens and users ---------------------------------------------------------------------
 
 
-def test_a_missing_or_wrong_token_is_refused_and_changes_nothing(idle: LiveServer, cli: Callable[..., Result],
-                                                                 tmp_path: Path) -> None:
+def test_a_missing_or_wrong_token_is_refused_and_changes_nothing(
+    idle: LiveServer, cli: Callable[..., Result], tmp_path: Path
+) -> None:
     job = write_spec(tmp_path / "job.yaml")
     assert cli("submit", str(job), env=idle.env()).code == 0
     before = count_jobs(idle), count_users(idle)
-    for args in (["jobs"], ["describe", "1"], ["logs", "1"], ["logs", "1", "-f"], ["cancel", "1"], ["cluster"],
-                 ["token", "create", "bob"], ["submit", str(job)]):
+    for args in (
+        ["jobs"],
+        ["describe", "1"],
+        ["logs", "1"],
+        ["logs", "1", "-f"],
+        ["cancel", "1"],
+        ["cluster"],
+        ["token", "create", "bob"],
+        ["submit", str(job)],
+    ):
         r = cli(*args, env={"CORRAL_SERVER": idle.url})  # no token anywhere: refused before any request
         refused(r, "no token", "--token", "CORRAL_TOKEN", str(tmp_path / "cli-home" / "token"))
         refused(cli(*args, env=idle.env("not-a-token")), "invalid token")
@@ -227,8 +253,9 @@ def test_admin_creates_tokens_and_others_may_not(idle: LiveServer, cli: Callable
 # -- submit ---------------------------------------------------------------------------
 
 
-def test_submit_refuses_bad_files_before_anything_changes(idle: LiveServer, cli: Callable[..., Result],
-                                                          tmp_path: Path) -> None:
+def test_submit_refuses_bad_files_before_anything_changes(
+    idle: LiveServer, cli: Callable[..., Result], tmp_path: Path
+) -> None:
     env = idle.env()
     bad_yaml = tmp_path / "broken.yaml"
     bad_yaml.write_text("name: x\nentrypoint: python a.py\nresources:\n  gpus: [1\n")
@@ -257,7 +284,8 @@ def test_submit_refuses_bad_files_before_anything_changes(idle: LiveServer, cli:
 
 
 def test_submit_resolves_workdir_against_the_job_file_and_defaults_to_cwd(
-        idle: LiveServer, cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    idle: LiveServer, cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "train.py").write_text("print('hi')\n")
     job = write_spec(tmp_path / "jobs" / "job.yaml", name="rel", workdir="../code", entrypoint="python train.py")
@@ -265,8 +293,11 @@ def test_submit_resolves_workdir_against_the_job_file_and_defaults_to_cwd(
     r = cli("submit", str(job), env=idle.env())
     assert r.code == 0 and r.out.strip() == "submitted job 1 (rel)"
     monkeypatch.chdir(tmp_path / "code")
-    r = cli("submit", str(write_spec(tmp_path / "jobs" / "cwd.yaml", name="cwd", entrypoint="python train.py")),
-            env=idle.env())
+    r = cli(
+        "submit",
+        str(write_spec(tmp_path / "jobs" / "cwd.yaml", name="cwd", entrypoint="python train.py")),
+        env=idle.env(),
+    )
     assert r.code == 0 and "submitted job 2 (cwd)" in r.out
     specs = {j.name: j.spec for j in idle.service.store.list_jobs()}
     assert specs["rel"]["workdir"] == str((tmp_path / "code").resolve())
@@ -276,8 +307,9 @@ def test_submit_resolves_workdir_against_the_job_file_and_defaults_to_cwd(
 # -- jobs, describe, logs, cancel, cluster on stored jobs ---------------------------------
 
 
-def test_bad_ids_and_numbers_are_refused_with_one_line(idle: LiveServer, cli: Callable[..., Result],
-                                                       tmp_path: Path) -> None:
+def test_bad_ids_and_numbers_are_refused_with_one_line(
+    idle: LiveServer, cli: Callable[..., Result], tmp_path: Path
+) -> None:
     env = idle.env()
     assert cli("submit", str(write_spec(tmp_path / "job.yaml")), env=env).code == 0
     for cmd in ("describe", "logs", "cancel"):
@@ -294,8 +326,9 @@ def test_bad_ids_and_numbers_are_refused_with_one_line(idle: LiveServer, cli: Ca
     assert count_jobs(idle) == 1 and state(idle, 1) == "PENDING"
 
 
-def test_another_users_job_may_be_described_but_not_cancelled_or_read(idle: LiveServer, cli: Callable[..., Result],
-                                                                      tmp_path: Path) -> None:
+def test_another_users_job_may_be_described_but_not_cancelled_or_read(
+    idle: LiveServer, cli: Callable[..., Result], tmp_path: Path
+) -> None:
     alice, bob = idle.user("alice"), idle.user("bob")
     r = cli("submit", str(write_spec(tmp_path / "job.yaml", name="alices")), env=idle.env(alice))
     assert r.code == 0 and "submitted job 1 (alices)" in r.out
@@ -312,16 +345,28 @@ def test_another_users_job_may_be_described_but_not_cancelled_or_read(idle: Live
     refused(cli("cancel", "1", env=idle.env()), "already ended (CANCELLED)")
 
 
-def test_describe_shows_spec_counters_and_events(idle: LiveServer, cli: Callable[..., Result],
-                                                 tmp_path: Path) -> None:
+def test_describe_shows_spec_counters_and_events(idle: LiveServer, cli: Callable[..., Result], tmp_path: Path) -> None:
     job = write_spec(tmp_path / "job.yaml", name="described", priority=7, env={"LR": "0.1"})
     assert cli("submit", str(job), env=idle.env()).code == 0
     idle.service.store.add_metrics(1, 12, {"loss": 0.25, "progress": 0.5})
     r = cli("describe", "1", env=idle.env())
     assert r.code == 0, r.err
-    for text in ("job 1", "described", "PENDING", "sleeper.py", "LR: '0.1'", "allocation none",
-                 "preemptions", "restarts", "resizes", "queue time", "- -> PENDING", "submitted",
-                 "step 12", "loss=0.25"):
+    for text in (
+        "job 1",
+        "described",
+        "PENDING",
+        "sleeper.py",
+        "LR: '0.1'",
+        "allocation none",
+        "preemptions",
+        "restarts",
+        "resizes",
+        "queue time",
+        "- -> PENDING",
+        "submitted",
+        "step 12",
+        "loss=0.25",
+    ):
         assert text in r.out, text
     r = cli("describe", "1", "--json", env=idle.env())
     data = json.loads(r.out)
@@ -330,8 +375,9 @@ def test_describe_shows_spec_counters_and_events(idle: LiveServer, cli: Callable
     assert data["metrics"][0]["values"]["loss"] == 0.25 and data["progress"] == 0.5
 
 
-def test_jobs_lists_live_and_recent_jobs_and_filters(idle: LiveServer, cli: Callable[..., Result],
-                                                     tmp_path: Path) -> None:
+def test_jobs_lists_live_and_recent_jobs_and_filters(
+    idle: LiveServer, cli: Callable[..., Result], tmp_path: Path
+) -> None:
     bob = idle.user("bob")
     for name in ("old", "recent", "waiting"):
         assert cli("submit", str(write_spec(tmp_path / f"{name}.yaml", name=name)), env=idle.env()).code == 0
@@ -360,8 +406,9 @@ def test_jobs_lists_live_and_recent_jobs_and_filters(idle: LiveServer, cli: Call
     assert r.code == 0 and "no jobs" in r.out
 
 
-def test_cluster_draws_devices_with_their_jobs(make_server: Callable[..., LiveServer], cli: Callable[..., Result],
-                                               tmp_path: Path) -> None:
+def test_cluster_draws_devices_with_their_jobs(
+    make_server: Callable[..., LiveServer], cli: Callable[..., Result], tmp_path: Path
+) -> None:
     live = make_server(devices=4)
     live.service.stop()
     for name in ("alpha", "beta"):
@@ -391,8 +438,13 @@ def running(make_server: Callable[..., LiveServer]) -> LiveServer:
 @pytest.mark.slow
 def test_a_real_job_end_to_end(running: LiveServer, tmp_path: Path) -> None:
     env = running.env()
-    job = write_spec(tmp_path / "allreduce.yaml", name="allreduce", workdir=str(ROOT),
-                     entrypoint="python tests/runtime/workers/torchrun_style.py", resources={"gpus": 2})
+    job = write_spec(
+        tmp_path / "allreduce.yaml",
+        name="allreduce",
+        workdir=str(ROOT),
+        entrypoint="python tests/runtime/workers/torchrun_style.py",
+        resources={"gpus": 2},
+    )
     r = run_corral("submit", str(job), "--wait", env=env)
     assert r.returncode == 0, r.stderr
     assert "submitted job 1 (allreduce)" in r.stdout and "job 1 (allreduce) SUCCEEDED" in r.stdout
@@ -440,8 +492,9 @@ def test_following_a_running_job_prints_every_line(running: LiveServer, tmp_path
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "printer.py").write_text(GATED_PRINTER)
     gate = tmp_path / "gate"
-    job = write_spec(tmp_path / "jobs" / "printer.yaml", name="printer", workdir="../code",
-                     entrypoint=f"python printer.py {gate}")
+    job = write_spec(
+        tmp_path / "jobs" / "printer.yaml", name="printer", workdir="../code", entrypoint=f"python printer.py {gate}"
+    )
     r = run_corral("submit", str(job), env=env)
     assert r.returncode == 0 and "submitted job 1 (printer)" in r.stdout, r.stderr
     until(lambda: "before 49" in log_text(running, 1, 0), what="the job's first lines")
@@ -449,9 +502,17 @@ def test_following_a_running_job_prints_every_line(running: LiveServer, tmp_path
     full_env = dict(os.environ, **env)
     # Read the rest from the same buffered stream readline() used (communicate() would read the raw pipe).
     errs = [tmp_path / f"follower-{i}.err" for i in range(2)]
-    followers = [subprocess.Popen(corral_cmd("logs", "1", *extra), stdout=subprocess.PIPE, stderr=err.open("w"),
-                                  text=True, env=full_env, cwd=ROOT)
-                 for extra, err in zip((["-f"], ["--follow", "--rank", "0"]), errs)]
+    followers = [
+        subprocess.Popen(
+            corral_cmd("logs", "1", *extra),
+            stdout=subprocess.PIPE,
+            stderr=err.open("w"),
+            text=True,
+            env=full_env,
+            cwd=ROOT,
+        )
+        for extra, err in zip((["-f"], ["--follow", "--rank", "0"]), errs)
+    ]
     try:
         # Each follower prints its first line while the job still waits at the gate.
         firsts = [p.stdout.readline() for p in followers]  # type: ignore[union-attr]
@@ -476,12 +537,19 @@ def test_cancel_a_running_job_and_wait_on_a_failing_one(running: LiveServer, tmp
     env = running.env()
     (tmp_path / "fail.py").write_text("import sys\nprint('failing', flush=True)\nsys.exit(3)\n")
     fail = write_spec(tmp_path / "fail.yaml", name="doomed", workdir=".", entrypoint="python fail.py")
-    sleeper = write_spec(tmp_path / "sleep.yaml", name="sleepy", workdir=str(ROOT),
-                         entrypoint="python tests/runtime/workers/sleeper.py")
+    sleeper = write_spec(
+        tmp_path / "sleep.yaml", name="sleepy", workdir=str(ROOT), entrypoint="python tests/runtime/workers/sleeper.py"
+    )
     r = run_corral("submit", str(sleeper), env=env)
     assert r.returncode == 0 and "submitted job 1 (sleepy)" in r.stdout, r.stderr
-    waiter = subprocess.Popen(corral_cmd("submit", str(fail), "--wait"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, **env), cwd=ROOT)
+    waiter = subprocess.Popen(
+        corral_cmd("submit", str(fail), "--wait"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **env),
+        cwd=ROOT,
+    )
     try:
         until(lambda: "up 0" in log_text(running, 1, 0), what="the sleeper to start")
         r = run_corral("cluster", env=env)
@@ -506,11 +574,17 @@ def test_cancel_a_running_job_and_wait_on_a_failing_one(running: LiveServer, tmp
 @pytest.mark.slow
 def test_server_command_serves_until_sigterm(tmp_path: Path) -> None:
     port, home = free_port(), tmp_path / "home"
-    proc = subprocess.Popen(corral_cmd("server", "--port", str(port), "--home", str(home), "--devices", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        corral_cmd("server", "--port", str(port), "--home", str(home), "--devices", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def healthy() -> bool:
             assert proc.poll() is None, proc.communicate()
             try:

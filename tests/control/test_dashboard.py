@@ -53,8 +53,14 @@ def page(browser: Browser) -> Iterator[tuple[Page, list[str]]]:
 
 
 def submit(client: Any, name: str, gpus: int, priority: int = 0) -> dict:
-    spec = {"name": name, "entrypoint": f"{sys.executable} {WORKERS / 'sleeper.py'}", "workdir": str(ROOT),
-            "resources": {"gpus": gpus}, "priority": priority, "env": {"OMP_NUM_THREADS": "1"}}
+    spec = {
+        "name": name,
+        "entrypoint": f"{sys.executable} {WORKERS / 'sleeper.py'}",
+        "workdir": str(ROOT),
+        "resources": {"gpus": gpus},
+        "priority": priority,
+        "env": {"OMP_NUM_THREADS": "1"},
+    }
     resp = client.post(f"{API}/jobs", json=spec)
     assert resp.status_code == 201, resp.text
     return resp.json()
@@ -71,7 +77,8 @@ def wait_for(client: Any, job_id: int, check: Any, timeout: float = 60) -> dict:
 
 
 def test_dashboard_shows_jobs_devices_and_a_selected_jobs_curve_events_and_logs(
-        make_server: Any, page: tuple[Page, list[str]]) -> None:
+    make_server: Any, page: tuple[Page, list[str]]
+) -> None:
     server: LiveServer = make_server(devices=2)
     alice = server.client(server.user("alice"))
     bob = server.client(server.user("bob"))
@@ -154,7 +161,8 @@ def test_dashboard_shows_jobs_devices_and_a_selected_jobs_curve_events_and_logs(
 
 
 def test_a_wrong_token_shows_the_token_form_with_the_error_and_a_good_one_opens_the_dashboard(
-        make_server: Any, page: tuple[Page, list[str]]) -> None:
+    make_server: Any, page: tuple[Page, list[str]]
+) -> None:
     server: LiveServer = make_server(devices=2)
     pg, errors = page
     pg.goto(f"{server.url}/?token=not-a-token")

@@ -50,14 +50,15 @@ def _processes_under(path: Path) -> list[str]:
 @pytest.mark.timeout(900)
 def test_quick_demo_runs_the_workload_and_writes_the_report(tmp_path: Path) -> None:
     report = tmp_path / "report"
-    proc = subprocess.run(_demo_cmd(report), capture_output=True, text=True, timeout=840, cwd=tmp_path,
-                          env=_env(tmp_path))
+    proc = subprocess.run(
+        _demo_cmd(report), capture_output=True, text=True, timeout=840, cwd=tmp_path, env=_env(tmp_path)
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "/?token=" in proc.stdout and "/docs" in proc.stdout
 
     # The printed summary lists every job with its final state.
-    summary_lines = proc.stdout[proc.stdout.index("summary:"):].splitlines()
+    summary_lines = proc.stdout[proc.stdout.index("summary:") :].splitlines()
     for name in JOBS:
         assert any(name in line and "SUCCEEDED" in line for line in summary_lines), (name, out[-4000:])
 
@@ -105,8 +106,9 @@ def test_quick_demo_runs_the_workload_and_writes_the_report(tmp_path: Path) -> N
 @pytest.mark.timeout(300)
 def test_ctrl_c_cancels_the_runs_and_leaves_no_process(tmp_path: Path) -> None:
     report = tmp_path / "report"
-    proc = subprocess.Popen(_demo_cmd(report), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path, env=_env(tmp_path))
+    proc = subprocess.Popen(
+        _demo_cmd(report), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=_env(tmp_path)
+    )
     assert proc.stdout is not None
     lines = []
     try:
@@ -148,8 +150,15 @@ def test_the_check_fails_without_a_resize() -> None:
     """The demo's own check: the elastic job must be resized (and resume), else the demo exits 1 saying so."""
     elastic = next(dj for dj in WORKLOAD if dj.resized)
     assert elastic.first and elastic.file == "elastic.yaml"  # submitted alone, so it takes the idle devices
-    row = {"name": "elastic", "state": "SUCCEEDED", "restarts": 0, "preemptions": 0, "resizes": 0, "sizes": [1],
-           "resumed": None}
+    row = {
+        "name": "elastic",
+        "state": "SUCCEEDED",
+        "restarts": 0,
+        "preemptions": 0,
+        "resizes": 0,
+        "sizes": [1],
+        "resumed": None,
+    }
     text, ok = resize_check([row])
     assert not ok and text == "no elastic resize happened (elastic ran at sizes 1 (0 resizes)); the demo must show one"
     assert _Demo._expect(elastic, row)[1] is False
@@ -160,9 +169,26 @@ def test_the_check_fails_without_a_resize() -> None:
 
 
 def _job(jid: int, name: str, **kw: object) -> dict:
-    job = {"id": jid, "name": name, "priority": 0, "gpus": 2, "min_gpus": 2, "max_gpus": 2, "state": "SUCCEEDED",
-           "submit_time": 100.0, "start_time": 101.0, "end_time": 140.0, "queue_time": 1.0, "run_time": 30.0,
-           "preemptions": 0, "restarts": 0, "resizes": 0, "step": 0, "devices": [], "exit_code": 0}
+    job = {
+        "id": jid,
+        "name": name,
+        "priority": 0,
+        "gpus": 2,
+        "min_gpus": 2,
+        "max_gpus": 2,
+        "state": "SUCCEEDED",
+        "submit_time": 100.0,
+        "start_time": 101.0,
+        "end_time": 140.0,
+        "queue_time": 1.0,
+        "run_time": 30.0,
+        "preemptions": 0,
+        "restarts": 0,
+        "resizes": 0,
+        "step": 0,
+        "devices": [],
+        "exit_code": 0,
+    }
     job.update(kw)
     return job
 
@@ -179,25 +205,36 @@ def test_report_from_events_and_metrics(tmp_path: Path) -> None:
     """Runs and devices come from the events' data; a preempted job that resumed is told from one that started over."""
     resumed = JobRecord(
         job=_job(1, "low", preemptions=1),
-        events=[_ev(100, "", "PENDING", "submitted"),
-                _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:0,local:1", {"local": [0, 1]}),
-                _ev(110, "RUNNING", "PREEMPTED", "preempted by priority (exit code 75)"),
-                _ev(110, "PREEMPTED", "PENDING", "requeued"),
-                _ev(120, "PENDING", "RUNNING", "scheduled by priority on local:2,local:3", {"local": [2, 3]}),
-                _ev(140, "RUNNING", "SUCCEEDED", "exit code 0")],
-        metrics=[_m(105, 20, loss=2.0, test_acc=0.5), _m(109, 40, loss=1.0, test_acc=0.7),
-                 _m(125, 60, loss=0.5, test_acc=0.9)])
+        events=[
+            _ev(100, "", "PENDING", "submitted"),
+            _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:0,local:1", {"local": [0, 1]}),
+            _ev(110, "RUNNING", "PREEMPTED", "preempted by priority (exit code 75)"),
+            _ev(110, "PREEMPTED", "PENDING", "requeued"),
+            _ev(120, "PENDING", "RUNNING", "scheduled by priority on local:2,local:3", {"local": [2, 3]}),
+            _ev(140, "RUNNING", "SUCCEEDED", "exit code 0"),
+        ],
+        metrics=[
+            _m(105, 20, loss=2.0, test_acc=0.5),
+            _m(109, 40, loss=1.0, test_acc=0.7),
+            _m(125, 60, loss=0.5, test_acc=0.9),
+        ],
+    )
     crashed = JobRecord(
         job=_job(2, "flaky", gpus=1, min_gpus=1, max_gpus=1, restarts=1, submit_time=100.0),
-        events=[_ev(100, "", "PENDING", "submitted"),
-                _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:2", {"local": [2]}),
-                _ev(105, "RUNNING", "RESTARTING", "exit code 1; restart 1/1"),
-                _ev(105, "RESTARTING", "RUNNING", "restarted on local:2", {"local": [2]}),
-                _ev(109, "RUNNING", "SUCCEEDED", "exit code 0")],
-        metrics=[_m(104, 30, mse=1.0), _m(108, 10, mse=0.9)])  # the second run began again at step 0
+        events=[
+            _ev(100, "", "PENDING", "submitted"),
+            _ev(101, "PENDING", "RUNNING", "scheduled by priority on local:2", {"local": [2]}),
+            _ev(105, "RUNNING", "RESTARTING", "exit code 1; restart 1/1"),
+            _ev(105, "RESTARTING", "RUNNING", "restarted on local:2", {"local": [2]}),
+            _ev(109, "RUNNING", "SUCCEEDED", "exit code 0"),
+        ],
+        metrics=[_m(104, 30, mse=1.0), _m(108, 10, mse=0.9)],
+    )  # the second run began again at step 0
     runs = report.intervals(resumed, now=150)
     assert [(r.start, r.end, r.devices, r.outcome) for r in runs] == [
-        (101, 110, ("local:0", "local:1"), "preempted"), (120, 140, ("local:2", "local:3"), "done")]
+        (101, 110, ("local:0", "local:1"), "preempted"),
+        (120, 140, ("local:2", "local:3"), "done"),
+    ]
     assert [r.outcome for r in report.intervals(crashed, now=150)] == ["crashed", "done"]
 
     rows = [report.job_row(r, report.intervals(r, 150), t0=100) for r in (resumed, crashed)]
@@ -205,8 +242,15 @@ def test_report_from_events_and_metrics(tmp_path: Path) -> None:
     assert rows[0]["jct"] == 40 and rows[0]["queue_time"] == 10  # JCT - running
     assert rows[1]["resumed"] is False and rows[1]["loss_metric"] == "mse" and rows[1]["final_loss"] == 0.9
 
-    paths = report.write_report(tmp_path, [resumed, crashed], rows, ["local:0", "local:1", "local:2", "local:3"],
-                                t0=100, now=150, meta={"title": "test", "checks": [("low resumed", True)]})
+    paths = report.write_report(
+        tmp_path,
+        [resumed, crashed],
+        rows,
+        ["local:0", "local:1", "local:2", "local:3"],
+        t0=100,
+        now=150,
+        meta={"title": "test", "checks": [("low resumed", True)]},
+    )
     assert {p.name for p in paths} == {"gantt.png", "loss.png", "summary.md", "summary.json", "data.json"}
     for png in ("gantt.png", "loss.png"):
         assert (tmp_path / png).read_bytes().startswith(b"\x89PNG") and (tmp_path / png).stat().st_size > 20_000
@@ -219,11 +263,16 @@ def test_allocations_come_from_event_data_not_cause_text() -> None:
     """The cause is display text: the devices are the allocation recorded with the start, else the polled ones."""
     rec = JobRecord(
         job=_job(3, "two-nodes", state="RUNNING", end_time=None),
-        events=[_ev(100, "", "PENDING", "submitted"),
-                _ev(101, "PENDING", "RUNNING", "scheduled on local:7", {"b": [1], "a": [0, 3]}),
-                _ev(110, "RUNNING", "PREEMPTED", "preempted"), _ev(110, "PREEMPTED", "PENDING", "requeued"),
-                _ev(120, "PENDING", "RUNNING", "scheduled on local:7")],  # no data: an older service
-        metrics=[], polled_devices=[(119.0, ("x:9",)), (121.0, ("local:4", "local:5"))])
+        events=[
+            _ev(100, "", "PENDING", "submitted"),
+            _ev(101, "PENDING", "RUNNING", "scheduled on local:7", {"b": [1], "a": [0, 3]}),
+            _ev(110, "RUNNING", "PREEMPTED", "preempted"),
+            _ev(110, "PREEMPTED", "PENDING", "requeued"),
+            _ev(120, "PENDING", "RUNNING", "scheduled on local:7"),
+        ],  # no data: an older service
+        metrics=[],
+        polled_devices=[(119.0, ("x:9",)), (121.0, ("local:4", "local:5"))],
+    )
     runs = report.intervals(rec, now=130)
     assert [r.devices for r in runs] == [("a:0", "a:3", "b:1"), ("local:4", "local:5")]
     assert [r.outcome for r in runs] == ["preempted", "running"]
@@ -231,8 +280,9 @@ def test_allocations_come_from_event_data_not_cause_text() -> None:
 
 def test_metrics_merge_adds_what_the_api_lacks(tmp_path: Path) -> None:
     f = tmp_path / "metrics.jsonl"
-    f.write_text('{"step": 10, "epoch": 0, "time": 5.0, "loss": 1.5}\n'
-                 '{"step": 20, "epoch": 1, "time": 6.0, "loss": 1.0}\n{"st')
+    f.write_text(
+        '{"step": 10, "epoch": 0, "time": 5.0, "loss": 1.5}\n{"step": 20, "epoch": 1, "time": 6.0, "loss": 1.0}\n{"st'
+    )
     file = report.read_metrics_file(f)  # a line still being written is skipped
     assert [r["step"] for r in file] == [10, 20]
     api = [_m(5.0, 10, loss=1.5, epoch=0), _m(5.5, 15, step_time=0.1)]

@@ -72,7 +72,7 @@ def test_cancel_in_flight_when_the_service_dies_is_not_forgotten(loop: FakeLoop)
         loop.round(5)
     job = loop.job(j)
     assert job.state == "CANCELLED" and loop.starts(j) == 1
-    assert ("SIGKILL" in [sig for h, sig in loop.executor.signals if h.job_id == j])
+    assert "SIGKILL" in [sig for h, sig in loop.executor.signals if h.job_id == j]
 
 
 def test_cancel_whose_run_vanished_while_the_service_was_down_is_cancelled(loop: FakeLoop) -> None:

@@ -34,8 +34,7 @@ def test_no_server_errors(service: Service) -> None:
     # One hypothesis run over every operation (schemathesis' pytest plugin does
     # not work with this pytest); each operation gets its own examples.
     @given(case=st.one_of([op.as_strategy() for op in operations]))
-    @settings(max_examples=25 * len(operations), deadline=None, suppress_health_check=list(HealthCheck),
-              database=None)
+    @settings(max_examples=25 * len(operations), deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case) -> None:  # noqa: ANN001
         if case.path.endswith("/logs") and case.query:
             case.query["follow"] = False  # a followed log of a job that never runs streams forever

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 def _spec(name: str, cmd: str, gpus: int = 1, priority: int = 0, **extra) -> dict:
-    return {"name": name, "entrypoint": cmd, "workdir": str(ROOT), "priority": priority,
-            "resources": {"gpus": gpus, "min_gpus": gpus, "max_gpus": gpus}, **extra}
+    return {
+        "name": name,
+        "entrypoint": cmd,
+        "workdir": str(ROOT),
+        "priority": priority,
+        "resources": {"gpus": gpus, "min_gpus": gpus, "max_gpus": gpus},
+        **extra,
+    }
 
 
 def _run_until(sched: Scheduler, store: Store, done, timeout: float = 90) -> None:
@@ -42,11 +48,24 @@ def env(tmp_path):
 def test_high_priority_preempts_low_which_resumes_from_checkpoint(env) -> None:
     store, executor, sched, tmp = env
     py = sys.executable
-    low = store.add_job(_spec("low", f"{py} {WORKERS / 'trainer.py'} --out {tmp / 'low'} --epochs 3 --n 96 "
-                              "--batch-size 4 --sleep 0.05 --checkpoint-every 2", gpus=2), "alice")
-    _run_until(sched, store, lambda: store.get_job(low.id).state == "RUNNING" and
-               (tmp / "low" / "samples-0-0.jsonl").exists() and
-               len((tmp / "low" / "samples-0-0.jsonl").read_text().splitlines()) > 5)
+    low = store.add_job(
+        _spec(
+            "low",
+            f"{py} {WORKERS / 'trainer.py'} --out {tmp / 'low'} --epochs 3 --n 96 "
+            "--batch-size 4 --sleep 0.05 --checkpoint-every 2",
+            gpus=2,
+        ),
+        "alice",
+    )
+    _run_until(
+        sched,
+        store,
+        lambda: (
+            store.get_job(low.id).state == "RUNNING"
+            and (tmp / "low" / "samples-0-0.jsonl").exists()
+            and len((tmp / "low" / "samples-0-0.jsonl").read_text().splitlines()) > 5
+        ),
+    )
     high = store.add_job(_spec("high", f"{py} {WORKERS / 'torchrun_style.py'}", gpus=2, priority=10), "bob")
     _run_until(sched, store, lambda: store.get_job(high.id).state == "SUCCEEDED")
     _run_until(sched, store, lambda: store.get_job(low.id).state in ("SUCCEEDED", "FAILED"), timeout=120)
@@ -78,8 +97,11 @@ def test_cancel_stops_every_rank(env) -> None:
     store, executor, sched, tmp = env
     job = store.add_job(_spec("sleepy", f"{sys.executable} {WORKERS / 'sleeper.py'}", gpus=2), "alice")
     log = executor.log_dir(job.id)
-    _run_until(sched, store, lambda: all((log / f"rank-{r}.log").exists() and (log / f"rank-{r}.log").read_text()
-                                         for r in (0, 1)))
+    _run_until(
+        sched,
+        store,
+        lambda: all((log / f"rank-{r}.log").exists() and (log / f"rank-{r}.log").read_text() for r in (0, 1)),
+    )
     launcher = psutil.Process(int(store.get_job(job.id).run_ref))
     tree = [launcher, *launcher.children(recursive=True)]
     assert sum("sleeper.py" in " ".join(p.cmdline()) for p in tree[1:]) == 2  # both ranks
@@ -104,8 +126,12 @@ def test_restarted_service_adopts_live_runs_and_requeues_lost_ones(env) -> None:
 
     store, executor, sched, tmp = env
     py = sys.executable
-    live = store.add_job(_spec("live", f"{py} {WORKERS / 'trainer.py'} --out {tmp / 'live'} --epochs 1 --n 64 "
-                               "--batch-size 4 --sleep 0.1"), "alice")
+    live = store.add_job(
+        _spec(
+            "live", f"{py} {WORKERS / 'trainer.py'} --out {tmp / 'live'} --epochs 1 --n 64 --batch-size 4 --sleep 0.1"
+        ),
+        "alice",
+    )
     lost = store.add_job(_spec("lost", f"{py} {WORKERS / 'sleeper.py'}"), "alice")
     _run_until(sched, store, lambda: all(store.get_job(j.id).state == "RUNNING" for j in (live, lost)))
     # The service dies (nothing of it remains but the store); the run of `lost` dies with the machine's luck.

@@ -60,8 +60,14 @@ def _plan(rng: random.Random, out: Path) -> tuple[list[Planned], list[float]]:
 
     def add(kind: str, at: float, entrypoint: str, **spec: object) -> Planned:
         name = f"{kind}-{len(jobs)}"
-        body = {"name": name, "workdir": str(ROOT), "env": {"OMP_NUM_THREADS": "1"}, "resources": {"gpus": 1},
-                "entrypoint": entrypoint.replace("{out}", str(out / name)), **spec}
+        body = {
+            "name": name,
+            "workdir": str(ROOT),
+            "env": {"OMP_NUM_THREADS": "1"},
+            "resources": {"gpus": 1},
+            "entrypoint": entrypoint.replace("{out}", str(out / name)),
+            **spec,
+        }
         jobs.append(Planned(name, kind, at, body))
         return jobs[-1]
 
@@ -71,14 +77,28 @@ def _plan(rng: random.Random, out: Path) -> tuple[list[Planned], list[float]]:
         job.cancel_at = rng.uniform(4.0, 7.0) if prio > 0 else rng.uniform(12.0, SUBMIT_WITHIN + 5)
         job.expect = "CANCELLED"
     for _ in range(KINDS.count("ok")):  # ~1 s of training after start-up
-        add("ok", rng.uniform(2.0, SUBMIT_WITHIN), f"{trainer} --epochs 1 --sleep 0.05 --out {{out}}",
-            resources={"gpus": rng.choice([1, 1, 2])})
+        add(
+            "ok",
+            rng.uniform(2.0, SUBMIT_WITHIN),
+            f"{trainer} --epochs 1 --sleep 0.05 --out {{out}}",
+            resources={"gpus": rng.choice([1, 1, 2])},
+        )
     for _ in range(KINDS.count("fail-once")):  # exit 7 the first time, fine on its restart; not a Job API script
-        add("fail-once", rng.uniform(2.0, SUBMIT_WITHIN), f"{py} {WORKERS / 'fail_first_run.py'}", max_restarts=1,
-            preemptible=False)
+        add(
+            "fail-once",
+            rng.uniform(2.0, SUBMIT_WITHIN),
+            f"{py} {WORKERS / 'fail_first_run.py'}",
+            max_restarts=1,
+            preemptible=False,
+        )
     for _ in range(KINDS.count("urgent")):
-        add("urgent", rng.uniform(8.0, SUBMIT_WITHIN + 5), f"{trainer} --epochs 1 --sleep 0.05 --out {{out}}",
-            priority=10, resources={"gpus": 2})
+        add(
+            "urgent",
+            rng.uniform(8.0, SUBMIT_WITHIN + 5),
+            f"{trainer} --epochs 1 --sleep 0.05 --out {{out}}",
+            priority=10,
+            resources={"gpus": 2},
+        )
     assert len(jobs) == len(KINDS)
     kills = [jobs[0].cancel_at + 0.2]  # type: ignore[operator]
     while len(kills) < KILLS:
@@ -98,8 +118,12 @@ def test_server_sigkilled_three_times_every_job_ends_once_in_the_right_state(tmp
     token = (home / "admin-token").read_text().strip()
     c = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     ids: dict[str, int] = {}
-    actions = sorted([(j.at, "submit", j) for j in jobs] + [(j.cancel_at, "cancel", j) for j in jobs if j.cancel_at]
-                     + [(t, "kill", None) for t in kills], key=lambda a: a[0])
+    actions = sorted(
+        [(j.at, "submit", j) for j in jobs]
+        + [(j.cancel_at, "cancel", j) for j in jobs if j.cancel_at]
+        + [(t, "kill", None) for t in kills],
+        key=lambda a: a[0],
+    )
     t0 = time.monotonic()
     killed = 0
     try:
@@ -125,8 +149,9 @@ def test_server_sigkilled_three_times_every_job_ends_once_in_the_right_state(tmp
             listed = c.get(f"{API}/jobs", params={"limit": 1000}).json()["jobs"]
             if all(j["state"] in TERMINAL for j in listed) and len(listed) == len(jobs):
                 break
-            assert time.monotonic() < deadline, [(j["name"], j["state"], j["reason"]) for j in listed
-                                                 if j["state"] not in TERMINAL]
+            assert time.monotonic() < deadline, [
+                (j["name"], j["state"], j["reason"]) for j in listed if j["state"] not in TERMINAL
+            ]
             time.sleep(0.5)
         wall = time.monotonic() - t0
 
@@ -175,12 +200,24 @@ def test_server_sigkilled_three_times_every_job_ends_once_in_the_right_state(tmp
     while _processes_under(home) and time.monotonic() < deadline:  # a run that ended may still be exiting
         time.sleep(0.2)
     assert not _processes_under(home), _processes_under(home)
-    print(f"seed {SEED}: {len(jobs)} jobs, {KILLS} kills at {[round(k, 1) for k in kills]} s, "
-          f"{preemptions} preemptions, all ended in {wall:.0f} s")
+    print(
+        f"seed {SEED}: {len(jobs)} jobs, {KILLS} kills at {[round(k, 1) for k in kills]} s, "
+        f"{preemptions} preemptions, all ended in {wall:.0f} s"
+    )
 
 
 def _explain(c: httpx.Client, by_name: dict, got: dict, want: dict) -> list:
     """For a failed check: the jobs whose end differs, with their events."""
-    return [(name, got[name], want[name], [(e["src"], e["dst"], e["cause"]) for e in
-                                           c.get(f"{API}/jobs/{by_name[name]['id']}/events").json()["events"]])
-            for name in got if got[name] != want[name]]
+    return [
+        (
+            name,
+            got[name],
+            want[name],
+            [
+                (e["src"], e["dst"], e["cause"])
+                for e in c.get(f"{API}/jobs/{by_name[name]['id']}/events").json()["events"]
+            ],
+        )
+        for name in got
+        if got[name] != want[name]
+    ]

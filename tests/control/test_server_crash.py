@@ -24,9 +24,15 @@ API = "/api/v1"
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, OMP_NUM_THREADS="1", CORRAL_HOME=str(home))
     log = open(home / f"server-{time.time_ns()}.log", "wb")
-    proc = subprocess.Popen(corral_cmd("server", "--home", str(home), "--port", str(port), "--devices", "3",
-                                       "--round", "0.5", "--grace", "15"),
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(
+        corral_cmd(
+            "server", "--home", str(home), "--port", str(port), "--devices", "3", "--round", "0.5", "--grace", "15"
+        ),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     assert wait_until_serving(f"http://127.0.0.1:{port}", proc), "corral server did not start"
     return proc
 
@@ -41,8 +47,13 @@ def test_server_sigkill_and_restart(tmp_path: Path) -> None:
     py = sys.executable
 
     def submit(name: str, cmd: str, gpus: int = 1) -> int:
-        body = {"name": name, "entrypoint": cmd, "workdir": str(ROOT), "resources": {"gpus": gpus},
-                "env": {"OMP_NUM_THREADS": "1"}}
+        body = {
+            "name": name,
+            "entrypoint": cmd,
+            "workdir": str(ROOT),
+            "resources": {"gpus": gpus},
+            "env": {"OMP_NUM_THREADS": "1"},
+        }
         resp = c.post(f"{API}/jobs", json=body)
         assert resp.status_code == 201, resp.text
         return resp.json()["id"]
@@ -56,9 +67,11 @@ def test_server_sigkill_and_restart(tmp_path: Path) -> None:
         return c.get(f"{API}/jobs/{job_id}").json()
 
     deadline = time.monotonic() + 60
-    while not (state(survives)["state"] == state(lost)["state"] == "RUNNING"
-               and (tmp_path / "lost" / "samples-0-0.jsonl").exists()
-               and len((tmp_path / "lost" / "samples-0-0.jsonl").read_text().splitlines()) >= 5):
+    while not (
+        state(survives)["state"] == state(lost)["state"] == "RUNNING"
+        and (tmp_path / "lost" / "samples-0-0.jsonl").exists()
+        and len((tmp_path / "lost" / "samples-0-0.jsonl").read_text().splitlines()) >= 5
+    ):
         assert time.monotonic() < deadline, [state(j) for j in (survives, lost, waits)]
         time.sleep(0.1)
     assert state(waits)["state"] == "PENDING"

@@ -65,8 +65,10 @@ def _normal(view: JobView, ids: dict[str, str]) -> dict:
 @pytest.mark.parametrize("name", policies.available())
 def test_simulator_and_live_service_give_the_policy_the_same_views_and_actions(tmp_path, name: str) -> None:
     cluster = ClusterView.uniform(2, 4)
-    trace = [TraceJob(id=i, submit_time=t, gpus=g, min_gpus=lo, max_gpus=hi, duration=dur, priority=p, user=u)
-             for i, t, g, lo, hi, dur, p, u in TRACE]
+    trace = [
+        TraceJob(id=i, submit_time=t, gpus=g, min_gpus=lo, max_gpus=hi, duration=dur, priority=p, user=u)
+        for i, t, g, lo, hi, dur, p, u in TRACE
+    ]
     sim_policy = Recording(policies.get(name))
     cfg = SimConfig(round_s=1e9, restart_overhead_s=0.0, event_rounds=True)
     result = Simulator(trace, sim_policy, cluster, cfg).run()
@@ -86,8 +88,15 @@ def test_simulator_and_live_service_give_the_policy_the_same_views_and_actions(t
         loop.clock.t = now
         for tj in trace:  # arrivals
             if tj.submit_time <= now and tj.id not in db_id:
-                jid = loop.submit(tj.id, tj.gpus, lo=tj.min_gpus, hi=tj.max_gpus, user=tj.user,
-                                  priority=tj.priority, duration_estimate=tj.duration)
+                jid = loop.submit(
+                    tj.id,
+                    tj.gpus,
+                    lo=tj.min_gpus,
+                    hi=tj.max_gpus,
+                    user=tj.user,
+                    priority=tj.priority,
+                    duration_estimate=tj.duration,
+                )
                 with loop.store.session() as s:
                     from corral.control.store import Job
 
@@ -107,6 +116,6 @@ def test_simulator_and_live_service_give_the_policy_the_same_views_and_actions(t
         live_actions = [dataclasses.replace(a, job_id=name_of[a.job_id]) for a in live[2]]
         assert live_actions == sim_actions, f"actions differ at t={now}"
         # The second round decides nothing new: what the first one planned has happened.
-        for _, _, actions in live_policy.rounds[before + 1:]:
+        for _, _, actions in live_policy.rounds[before + 1 :]:
             assert all(type(a).__name__ == "Keep" for a in actions), (now, actions)
     assert len(sim_policy.rounds) >= 10

@@ -38,12 +38,18 @@ def test_run_is_an_alias_and_defaults_are_rigid_one_device() -> None:
     [
         ({"name": "a"}, "entrypoint: Field required"),
         ({"name": "a", "run": "x", "colour": "red"}, "colour: unknown field"),
-        ({"name": "a", "run": "x", "resources": {"gpus": -1}},
-         "resources.gpus: Input should be greater than or equal to 1"),
-        ({"name": "a", "run": "x", "resources": {"gpus": 10**6}},
-         "resources.gpus: Input should be less than or equal to 4096"),
-        ({"name": "a", "run": "x", "resources": {"min_gpus": 4, "max_gpus": 2}},
-         "min_gpus (4) must be <= max_gpus (2)"),
+        (
+            {"name": "a", "run": "x", "resources": {"gpus": -1}},
+            "resources.gpus: Input should be greater than or equal to 1",
+        ),
+        (
+            {"name": "a", "run": "x", "resources": {"gpus": 10**6}},
+            "resources.gpus: Input should be less than or equal to 4096",
+        ),
+        (
+            {"name": "a", "run": "x", "resources": {"min_gpus": 4, "max_gpus": 2}},
+            "min_gpus (4) must be <= max_gpus (2)",
+        ),
         ({"name": "a", "run": "x", "resources": {"gpus": 8, "max_gpus": 2}}, "gpus (8) must lie within"),
         ({"name": "a", "run": "x", "priority": "high"}, "priority: Input should be a valid integer"),
         ({"name": "a b", "run": "x"}, "name: String should match pattern"),
@@ -72,8 +78,17 @@ def test_bad_files(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("field", ["timeout", "duration_estimate"])
-@pytest.mark.parametrize(("suffix", "literal"), [(".yaml", ".nan"), (".yaml", ".inf"), (".yaml", "-.inf"),
-                                                 (".yaml", "inf"), (".json", "NaN"), (".json", "Infinity")])
+@pytest.mark.parametrize(
+    ("suffix", "literal"),
+    [
+        (".yaml", ".nan"),
+        (".yaml", ".inf"),
+        (".yaml", "-.inf"),
+        (".yaml", "inf"),
+        (".json", "NaN"),
+        (".json", "Infinity"),
+    ],
+)
 def test_nan_and_infinity_are_refused_naming_the_field(tmp_path, field: str, suffix: str, literal: str) -> None:
     # YAML reads .nan/.inf as floats, Python's JSON reads NaN/Infinity: both must stop at validation.
     f = tmp_path / f"job{suffix}"

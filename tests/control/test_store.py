@@ -22,8 +22,9 @@ def test_sqlite_runs_in_wal_mode(store, tmp_path) -> None:
 
 
 def test_transitions_are_recorded_and_invalid_ones_refused(store) -> None:
-    job = store.add_job({"name": "a", "entrypoint": "x", "resources": {"gpus": 2, "min_gpus": 2, "max_gpus": 2}},
-                        "alice")
+    job = store.add_job(
+        {"name": "a", "entrypoint": "x", "resources": {"gpus": 2, "min_gpus": 2, "max_gpus": 2}}, "alice"
+    )
     assert (job.state, job.gpus) == ("PENDING", 2)
     with store.session() as s:
         j = s.get(Job, job.id)
@@ -33,7 +34,8 @@ def test_transitions_are_recorded_and_invalid_ones_refused(store) -> None:
         with store.session() as s:
             store.transition(s, s.get(Job, job.id), JobState.RUNNING, "again")
     assert [(e.src, e.dst, e.cause) for e in store.events(job.id)] == [
-        ("", "PENDING", "submitted"), ("PENDING", "RUNNING", "scheduled on n0:0,1"),
+        ("", "PENDING", "submitted"),
+        ("PENDING", "RUNNING", "scheduled on n0:0,1"),
         ("RUNNING", "SUCCEEDED", "exit code 0"),
     ]
     assert store.get_job(job.id).state == "SUCCEEDED"  # the refused move changed nothing

@@ -26,8 +26,9 @@ def test_step_times_are_averaged_per_configuration_and_then_frozen() -> None:
 
 def test_a_job_gets_the_default_model_until_it_reports_then_its_own_fit(tmp_path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    job = store.add_job({"name": "j", "entrypoint": "python x.py", "resources": {"gpus": 2, "min_gpus": 1,
-                                                                                "max_gpus": 4}}, "ann")
+    job = store.add_job(
+        {"name": "j", "entrypoint": "python x.py", "resources": {"gpus": 2, "min_gpus": 1, "max_gpus": 4}}, "ann"
+    )
     assert job_view(store.get_job(job.id)).throughput is None
     truth = ThroughputParams(alpha_c=0.01, beta_c=0.002, alpha_n=0.02, beta_n=0.001)
     rows = [(1, r, 32, truth.step_time(1, r, 32)) for r in (1, 2, 4)]
@@ -54,8 +55,9 @@ def test_duration_estimate_is_the_users_else_inferred_from_progress() -> None:
 
 def test_pinned_and_waiting_views(tmp_path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    job = store.add_job({"name": "j", "entrypoint": "python x.py", "resources": {"gpus": 2, "min_gpus": 1,
-                                                                                "max_gpus": 4}}, "ann")
+    job = store.add_job(
+        {"name": "j", "entrypoint": "python x.py", "resources": {"gpus": 2, "min_gpus": 1, "max_gpus": 4}}, "ann"
+    )
     with store.session() as s:
         from corral.control.store import Job
 

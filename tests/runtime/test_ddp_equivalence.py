@@ -12,8 +12,9 @@ pytestmark = pytest.mark.slow
 
 def _final_params(tmp_path, trainer, name: str, nproc: int, *extra: str) -> list[np.ndarray]:
     out = tmp_path / name
-    proc = run_corral("run", "--nproc", str(nproc), str(trainer), "--out", str(out), "--max-steps", "20",
-                      "--epochs", "5", *extra)
+    proc = run_corral(
+        "run", "--nproc", str(nproc), str(trainer), "--out", str(out), "--max-steps", "20", "--epochs", "5", *extra
+    )
     assert proc.returncode == 0, proc.stderr
     traces = read_traces(out)
     assert {k[0] for k in traces} == set(range(nproc))
@@ -41,8 +42,21 @@ def test_grad_accum_4_batch_8_equals_batch_32(tmp_path, trainer) -> None:
 def test_accumulation_syncs_only_on_the_boundary(tmp_path, trainer) -> None:
     """no_sync() on micro-steps: gradients differ across ranks before the boundary, match at it."""
     out = tmp_path / "sync"
-    proc = run_corral("run", "--nproc", "2", str(trainer), "--out", str(out), "--max-steps", "6",
-                      "--grad-accum", "3", "--check-sync", "--batch-size", "4")
+    proc = run_corral(
+        "run",
+        "--nproc",
+        "2",
+        str(trainer),
+        "--out",
+        str(out),
+        "--max-steps",
+        "6",
+        "--grad-accum",
+        "3",
+        "--check-sync",
+        "--batch-size",
+        "4",
+    )
     assert proc.returncode == 0, proc.stderr
     traces = read_traces(out)
     # Micro-steps 1 and 2 of each window: local gradients only, so the ranks differ ...

@@ -45,9 +45,27 @@ def test_failed_gang_restarts_while_restarts_remain(tmp_path) -> None:
 def test_sigterm_to_launcher_reaches_every_worker_which_saves_and_exits_preempted(tmp_path, trainer) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        corral_cmd("run", "--nproc", "2", "--grace-period", "10", str(trainer), "--out", str(out),
-                   "--checkpoint-dir", str(out / "ckpt"), "--epochs", "50", "--sleep", "0.05"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        corral_cmd(
+            "run",
+            "--nproc",
+            "2",
+            "--grace-period",
+            "10",
+            str(trainer),
+            "--out",
+            str(out),
+            "--checkpoint-dir",
+            str(out / "ckpt"),
+            "--epochs",
+            "50",
+            "--sleep",
+            "0.05",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     deadline = time.monotonic() + 60
     while not (out / "samples-1-0.jsonl").exists() or not (out / "samples-1-0.jsonl").read_text():

@@ -71,9 +71,7 @@ def test_hash_is_stable_and_independent_of_epoch_and_key_function() -> None:
     assert sorted(np.concatenate(by_key).tolist()) == list(range(100))
     # Known values pin the hash: a change would silently move every sample to another rank.
     assert [len(p) for p in partition(np.arange(1000), 4, "hash")] == [260, 241, 244, 255]
-    assert stable_hash(np.arange(3)).tolist() == [
-        16294208416658607535, 10451216379200822465, 10905525725756348110
-    ]
+    assert stable_hash(np.arange(3)).tolist() == [16294208416658607535, 10451216379200822465, 10905525725756348110]
 
 
 def test_epochs_differ_and_seed_matters() -> None:
@@ -136,8 +134,7 @@ def test_elastic_resume_sees_each_remaining_sample_exactly_once(n, ws, b, kind, 
 @given(n=st.integers(0, 120), w=worlds, b=st.integers(1, 9), drop_last=st.booleans(), kind=kinds)
 def test_every_rank_runs_the_same_number_of_batches(n, w, b, drop_last, kind) -> None:
     plans = [
-        EpochPlan(n=n, epoch=0, rank=r, world_size=w, batch_size=b, kind=kind, drop_last=drop_last,
-                  costs=_costs(n, 1))
+        EpochPlan(n=n, epoch=0, rank=r, world_size=w, batch_size=b, kind=kind, drop_last=drop_last, costs=_costs(n, 1))
         for r in range(w)
     ]
     assert len({p.num_batches for p in plans}) == 1  # DDP needs the same number of steps everywhere

@@ -23,10 +23,20 @@ TRAINER = WORKERS / "ps_trainer.py"
 TRUE_W = np.arange(1.0, 9.0)
 
 
-def _run(out: Path, nproc: int, servers: int, *args: str, env: dict[str, str] | None = None,
-         launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    cmd = ["run", "--nproc", str(nproc), *(["--servers", str(servers)] if servers else []), *launcher,
-           str(TRAINER), "--out", str(out), *args]
+def _run(
+    out: Path, nproc: int, servers: int, *args: str, env: dict[str, str] | None = None, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        "run",
+        "--nproc",
+        str(nproc),
+        *(["--servers", str(servers)] if servers else []),
+        *launcher,
+        str(TRAINER),
+        "--out",
+        str(out),
+        *args,
+    ]
     proc = run_corral(*cmd, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -70,8 +80,21 @@ def _initial() -> dict:
 
 def test_bsp_with_adam_hash_sharding_accumulation_and_lr_schedule_equals_ddp(tmp_path) -> None:
     """Adam state on the servers, hyperparameters forwarded from an LR scheduler, grad_accum 2, 3 servers."""
-    common = ("--max-steps", "16", "--epochs", "5", "--optimizer", "adam", "--lr", "0.05", "--schedule",
-              "--grad-accum", "2", "--batch-size", "4")
+    common = (
+        "--max-steps",
+        "16",
+        "--epochs",
+        "5",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.05",
+        "--schedule",
+        "--grad-accum",
+        "2",
+        "--batch-size",
+        "4",
+    )
     _run(tmp_path / "ps", 2, 3, "--sharding", "hash", *common)
     _run(tmp_path / "ddp", 2, 0, "--strategy", "ddp", *common)
     ps, ddp = read_traces(tmp_path / "ps"), read_traces(tmp_path / "ddp")
@@ -81,8 +104,20 @@ def test_bsp_with_adam_hash_sharding_accumulation_and_lr_schedule_equals_ddp(tmp
 def test_ssp_never_lets_a_worker_get_more_than_s_steps_ahead(tmp_path) -> None:
     """ssp:2 with rank 1 four times slower: the servers record max(clock) - min(clock) at every reply."""
     trace = tmp_path / "servers"
-    _run(tmp_path / "out", 3, 2, "--consistency", "ssp:2", "--model", "linear", "--n", "384", "--epochs", "2",
-         env={"CORRAL_STRAGGLER": "1:4.0", "CORRAL_PS_TRACE": str(trace)})
+    _run(
+        tmp_path / "out",
+        3,
+        2,
+        "--consistency",
+        "ssp:2",
+        "--model",
+        "linear",
+        "--n",
+        "384",
+        "--epochs",
+        "2",
+        env={"CORRAL_STRAGGLER": "1:4.0", "CORRAL_PS_TRACE": str(trace)},
+    )
     reports = _server_reports(trace)
     assert len(reports) == 2
     for r in reports:
@@ -97,8 +132,20 @@ def test_asp_does_not_wait_for_a_straggler_and_still_converges(tmp_path) -> None
     """asp, rank 1 four times slower: fast workers take more of each epoch's steps; every sample once per epoch."""
     trace = tmp_path / "servers"
     out = tmp_path / "out"
-    _run(out, 3, 2, "--consistency", "asp", "--model", "linear", "--n", "512", "--epochs", "4",
-         env={"CORRAL_STRAGGLER": "1:4.0", "CORRAL_PS_TRACE": str(trace)})
+    _run(
+        out,
+        3,
+        2,
+        "--consistency",
+        "asp",
+        "--model",
+        "linear",
+        "--n",
+        "512",
+        "--epochs",
+        "4",
+        env={"CORRAL_STRAGGLER": "1:4.0", "CORRAL_PS_TRACE": str(trace)},
+    )
     traces = read_traces(out)
     steps = {r: traces[r, 0]["my_steps"] for r in range(3)}
     assert steps[0] > 2 * steps[1] and steps[2] > 2 * steps[1], steps
@@ -118,8 +165,19 @@ def test_bsp_worker_killed_restarts_from_checkpoint_and_matches_uninterrupted(tm
     checkpoint, momentum included) and ends bit-identical to an uninterrupted run."""
     common = ("--n", "256", "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "5")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = _run(killed, 2, 2, "--checkpoint-dir", str(killed / "ckpt"), "--kill-rank", "1", "--kill-step", "23",
-                *common, launcher=("--max-restarts", "1", "--grace-period", "1"))
+    proc = _run(
+        killed,
+        2,
+        2,
+        "--checkpoint-dir",
+        str(killed / "ckpt"),
+        "--kill-rank",
+        "1",
+        "--kill-step",
+        "23",
+        *common,
+        launcher=("--max-restarts", "1", "--grace-period", "1"),
+    )
     assert "rank 1 failed (killed by SIGKILL)" in proc.stderr
     _run(clean, 2, 2, "--checkpoint-dir", str(clean / "ckpt"), *common)
     traces, ref = read_traces(killed), read_traces(clean)
@@ -133,8 +191,19 @@ def test_server_killed_fails_the_gang_which_resumes_like_ddp(tmp_path) -> None:
     an uninterrupted DDP run ends."""
     common = ("--n", "256", "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "5")
     killed, ddp = tmp_path / "killed", tmp_path / "ddp"
-    proc = _run(killed, 2, 2, "--checkpoint-dir", str(killed / "ckpt"), "--kill-server", "1", "--kill-step", "12",
-                *common, launcher=("--max-restarts", "1", "--grace-period", "1"))
+    proc = _run(
+        killed,
+        2,
+        2,
+        "--checkpoint-dir",
+        str(killed / "ckpt"),
+        "--kill-server",
+        "1",
+        "--kill-step",
+        "12",
+        *common,
+        launcher=("--max-restarts", "1", "--grace-period", "1"),
+    )
     assert "server 1 failed (killed by SIGKILL)" in proc.stderr
     assert "restarting the gang (1/1) after server 1 failed" in proc.stderr
     _run(ddp, 2, 0, "--strategy", "ddp", *common)
@@ -147,9 +216,28 @@ def test_asp_worker_killed_restarts_the_gang_from_the_last_checkpoint(tmp_path) 
     """asp: a lost worker also restarts the gang from the last checkpoint (every 8 global steps); the job
     then runs exactly the global steps that were not in the checkpoint."""
     out = tmp_path / "out"
-    proc = _run(out, 3, 2, "--consistency", "asp", "--model", "linear", "--n", "512", "--epochs", "3",
-                "--checkpoint-dir", str(out / "ckpt"), "--checkpoint-every", "8", "--kill-rank", "2",
-                "--kill-step", "30", launcher=("--max-restarts", "1", "--grace-period", "1"))
+    proc = _run(
+        out,
+        3,
+        2,
+        "--consistency",
+        "asp",
+        "--model",
+        "linear",
+        "--n",
+        "512",
+        "--epochs",
+        "3",
+        "--checkpoint-dir",
+        str(out / "ckpt"),
+        "--checkpoint-every",
+        "8",
+        "--kill-rank",
+        "2",
+        "--kill-step",
+        "30",
+        launcher=("--max-restarts", "1", "--grace-period", "1"),
+    )
     assert "rank 2 failed (killed by SIGKILL)" in proc.stderr
     traces = read_traces(out)
     resumed = traces[0, 1]["resumed_from"]
@@ -164,12 +252,30 @@ def test_asp_preempted_saves_every_shard_and_resumes_the_rest_of_the_epoch(tmp_p
     optimizer state, all exit 75; a new run resumes and sees exactly the rest of the epoch."""
     ckpt = tmp_path / "ckpt"
     first, second = tmp_path / "first", tmp_path / "second"
-    args = ["--consistency", "asp", "--model", "linear", "--n", "480", "--epochs", "1", "--sleep", "0.02",
-            "--checkpoint-dir", str(ckpt)]
-    proc = subprocess.Popen(corral_cmd("run", "--nproc", "2", "--servers", "2", "--grace-period", "10", str(TRAINER),
-                                       "--out", str(first), *args),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    args = [
+        "--consistency",
+        "asp",
+        "--model",
+        "linear",
+        "--n",
+        "480",
+        "--epochs",
+        "1",
+        "--sleep",
+        "0.02",
+        "--checkpoint-dir",
+        str(ckpt),
+    ]
+    proc = subprocess.Popen(
+        corral_cmd(
+            "run", "--nproc", "2", "--servers", "2", "--grace-period", "10", str(TRAINER), "--out", str(first), *args
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     deadline = time.monotonic() + 60
     while sum(len(_samples(first, r)) for r in (0, 1) if (first / f"samples-{r}-0.jsonl").exists()) < 10:
         assert time.monotonic() < deadline, "workers never started"
@@ -191,8 +297,13 @@ def test_asp_preempted_saves_every_shard_and_resumes_the_rest_of_the_epoch(tmp_p
     traces = read_traces(second)
     assert traces[0, 0]["resumed_from"] == saved_step
     assert traces[0, 0]["steps"] == 60
-    seen = [i for d, ranks in ((first, (0, 1)), (second, (0, 1, 2))) for r in ranks for _, idx in _samples(d, r)
-            for i in idx]
+    seen = [
+        i
+        for d, ranks in ((first, (0, 1)), (second, (0, 1, 2)))
+        for r in ranks
+        for _, idx in _samples(d, r)
+        for i in idx
+    ]
     assert sorted(seen) == list(range(480))  # every sample exactly once across the two runs
 
 
@@ -214,8 +325,14 @@ def test_servers_run_beside_workers_with_prefixed_output(tmp_path) -> None:
 )
 def test_bad_ps_options_one_line_exit_2(tmp_path, args, message) -> None:
     # Without a launcher: the whole output is one line.
-    direct = subprocess.run([sys.executable, str(TRAINER), "--out", str(tmp_path), *args], capture_output=True,
-                            text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=60)
+    direct = subprocess.run(
+        [sys.executable, str(TRAINER), "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=60,
+    )
     assert direct.returncode == 2
     assert direct.stderr.strip() == f"error: {message}"
     assert direct.stdout == ""
@@ -223,7 +340,8 @@ def test_bad_ps_options_one_line_exit_2(tmp_path, args, message) -> None:
     proc = run_corral("run", "--servers", "1", str(TRAINER), "--out", str(tmp_path), *args)
     assert proc.returncode == 2, proc.stderr
     assert [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("[rank")] == [
-        f"[rank 0] error: {message}"]
+        f"[rank 0] error: {message}"
+    ]
     assert "serving" not in proc.stdout
     assert not list(tmp_path.glob("samples-*"))
 

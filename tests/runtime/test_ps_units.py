@@ -72,8 +72,12 @@ def test_bad_sharding_and_server_count_are_user_errors() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("bsp", Consistency("bsp")), ("asp", Consistency("asp")), ("ssp:0", Consistency("ssp", 0)),
-     ("ssp:3", Consistency("ssp", 3))],
+    [
+        ("bsp", Consistency("bsp")),
+        ("asp", Consistency("asp")),
+        ("ssp:0", Consistency("ssp", 0)),
+        ("ssp:3", Consistency("ssp", 3)),
+    ],
 )
 def test_parse_consistency(spec, expected) -> None:
     assert parse_consistency(spec) == expected
@@ -82,8 +86,13 @@ def test_parse_consistency(spec, expected) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("ssp", "consistency 'ssp' needs a staleness bound"), ("ssp:x", "must be an integer >= 0"),
-     ("ssp:-1", "must be an integer >= 0"), ("eventual", "unknown consistency 'eventual'"), (None, "unknown")],
+    [
+        ("ssp", "consistency 'ssp' needs a staleness bound"),
+        ("ssp:x", "must be an integer >= 0"),
+        ("ssp:-1", "must be an integer >= 0"),
+        ("eventual", "unknown consistency 'eventual'"),
+        (None, "unknown"),
+    ],
 )
 def test_bad_consistency_is_a_user_error(spec, message) -> None:
     with pytest.raises(UserError, match=message):

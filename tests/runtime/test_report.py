@@ -36,8 +36,14 @@ class Service:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.posts.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                    "body": json.loads(body), "at": time.monotonic()})
+                outer.posts.append(
+                    {
+                        "path": self.path,
+                        "auth": self.headers.get("Authorization"),
+                        "body": json.loads(body),
+                        "at": time.monotonic(),
+                    }
+                )
                 if outer.hang:
                     outer.release.wait(30)
                     return
@@ -155,8 +161,9 @@ def test_job_reports_logs_and_progress_in_process(service: Service, tmp_path: Pa
     job = corral.init(checkpoint_dir=tmp_path)
     x = torch.randn(32, 4)
     net = nn.Linear(4, 1)
-    net, opt, loader = job.prepare(net, torch.optim.SGD(net.parameters(), lr=0.01), TensorDataset(x, x.sum(1)),
-                                   batch_size=8, shuffle=False)
+    net, opt, loader = job.prepare(
+        net, torch.optim.SGD(net.parameters(), lr=0.01), TensorDataset(x, x.sum(1)), batch_size=8, shuffle=False
+    )
     for epoch in job.epochs(2):
         for xb, yb in loader:
             job.step(((net(xb).squeeze(-1) - yb) ** 2).mean())
@@ -178,8 +185,9 @@ def test_preempted_job_sends_what_it_queued_before_exiting(service: Service, tmp
     job = corral.init(checkpoint_dir=tmp_path)
     x = torch.randn(64, 4)
     net = nn.Linear(4, 1)
-    net, opt, loader = job.prepare(net, torch.optim.SGD(net.parameters(), lr=0.01), TensorDataset(x, x.sum(1)),
-                                   batch_size=8)
+    net, opt, loader = job.prepare(
+        net, torch.optim.SGD(net.parameters(), lr=0.01), TensorDataset(x, x.sum(1)), batch_size=8
+    )
     with pytest.raises(SystemExit) as stopped:
         for _ in job.epochs(2):
             for xb, yb in loader:
@@ -198,8 +206,16 @@ def test_preempted_job_sends_what_it_queued_before_exiting(service: Service, tmp
 
 def _run_reporting(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[str, float, float]:
     """Run workers/reporting.py on 2 workers; (output, loop seconds, finish seconds) of rank 0."""
-    result = run_corral("run", "--nproc", "2", str(WORKERS / "reporting.py"), "--checkpoint-dir",
-                        str(tmp_path / "ckpt"), *extra, env=env)
+    result = run_corral(
+        "run",
+        "--nproc",
+        "2",
+        str(WORKERS / "reporting.py"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        *extra,
+        env=env,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     line = next(ln for ln in out.splitlines() if "loop_s=" in ln)
@@ -221,8 +237,9 @@ def test_job_under_corral_run_reports_to_the_service(service: Service, tmp_path:
     # Every job.log record, once (rank 0 only), with the values metrics.jsonl holds.
     jsonl = [json.loads(line) for line in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "loss" in r["values"]]
-    assert [(r["step"], r["values"]["epoch"], r["values"]["loss"], r["time"]) for r in logged] == \
-        [(j["step"], j["epoch"], j["loss"], j["time"]) for j in jsonl]
+    assert [(r["step"], r["values"]["epoch"], r["values"]["loss"], r["time"]) for r in logged] == [
+        (j["step"], j["epoch"], j["loss"], j["time"]) for j in jsonl
+    ]
     assert len(logged) == 4
 
     timing = [r["values"] for r in records if "step_time" in r["values"]]
@@ -251,8 +268,7 @@ def test_a_refusing_service_neither_fails_nor_slows_the_job(tmp_path: Path) -> N
 
 @pytest.mark.usefixtures("_single_process")
 @pytest.mark.parametrize("kind", ["down", "hangs"])
-def test_an_unreachable_service_neither_fails_nor_slows_the_job(kind: str, tmp_path: Path, monkeypatch,
-                                                               capfd) -> None:
+def test_an_unreachable_service_neither_fails_nor_slows_the_job(kind: str, tmp_path: Path, monkeypatch, capfd) -> None:
     hung = Service(hang=True)
     url = hung.url if kind == "hangs" else f"http://127.0.0.1:{_free_port()}"
     monkeypatch.setattr("corral.runtime.job.REPORT_PERIOD_S", 0.0)  # a report after every step
@@ -262,8 +278,9 @@ def test_an_unreachable_service_neither_fails_nor_slows_the_job(kind: str, tmp_p
         job = corral.init(checkpoint_dir=tmp_path)
         x = torch.randn(64, 4)
         net = nn.Linear(4, 1)
-        net, opt, loader = job.prepare(net, torch.optim.SGD(net.parameters(), lr=0.01),
-                                       TensorDataset(x, x.sum(1)), batch_size=8)
+        net, opt, loader = job.prepare(
+            net, torch.optim.SGD(net.parameters(), lr=0.01), TensorDataset(x, x.sum(1)), batch_size=8
+        )
         t0 = time.perf_counter()
         for _ in job.epochs(3):
             for xb, yb in loader:

@@ -23,13 +23,29 @@ def _params(trace: dict) -> np.ndarray:
 
 def test_sigkill_restart_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path, trainer) -> None:
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = run_corral("run", "--nproc", "2", "--max-restarts", "1", str(trainer), "--out", str(killed),
-                      "--checkpoint-dir", str(killed / "ckpt"), "--kill-rank", "1", "--kill-step", "23", *COMMON)
+    proc = run_corral(
+        "run",
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "1",
+        str(trainer),
+        "--out",
+        str(killed),
+        "--checkpoint-dir",
+        str(killed / "ckpt"),
+        "--kill-rank",
+        "1",
+        "--kill-step",
+        "23",
+        *COMMON,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "rank 1 failed (killed by SIGKILL)" in proc.stderr
     assert "restarting the gang (1/1)" in proc.stderr
-    ref = run_corral("run", "--nproc", "2", str(trainer), "--out", str(clean),
-                     "--checkpoint-dir", str(clean / "ckpt"), *COMMON)
+    ref = run_corral(
+        "run", "--nproc", "2", str(trainer), "--out", str(clean), "--checkpoint-dir", str(clean / "ckpt"), *COMMON
+    )
     assert ref.returncode == 0, ref.stderr
 
     traces, ref_traces = read_traces(killed), read_traces(clean)
@@ -62,15 +78,33 @@ def test_resume_at_another_world_size_sees_the_rest_of_the_epoch(tmp_path, train
 
     out = tmp_path / "elastic"
     ckpt = out / "ckpt"
-    args = ["--out", str(out), "--checkpoint-dir", str(ckpt), "--n", "240", "--batch-size", "4",
-            "--epochs", "1", "--sleep", "0.05"]
-    proc = subprocess.Popen(corral_cmd("run", "--nproc", "2", "--grace-period", "10", str(trainer), *args),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    args = [
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(ckpt),
+        "--n",
+        "240",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--sleep",
+        "0.05",
+    ]
+    proc = subprocess.Popen(
+        corral_cmd("run", "--nproc", "2", "--grace-period", "10", str(trainer), *args),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     deadline = time.monotonic() + 60
-    while not list(out.glob("samples-*-0.jsonl")) or sum(
-        len(f.read_text().splitlines()) for f in out.glob("samples-*-0.jsonl")
-    ) < 10:
+    while (
+        not list(out.glob("samples-*-0.jsonl"))
+        or sum(len(f.read_text().splitlines()) for f in out.glob("samples-*-0.jsonl")) < 10
+    ):
         assert time.monotonic() < deadline, "workers never started"
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)

@@ -37,8 +37,13 @@ def _rounds(seed: int, name: str, steps: int = 60):  # noqa: ANN202 - yields (no
             lo = rng.choice([1, 1, 1, 2, 3, 4, total + 1])
             hi = lo + rng.choice([0, 0, 0, 1, 3])
             views[f"j{next_id}"] = JobView(
-                id=f"j{next_id}", submit_time=now, min_gpus=lo, max_gpus=hi, gpus=rng.randint(lo, hi),
-                preemptible=rng.random() < 0.9, run_time=rng.choice([0.0, 0.0, 3.0]),
+                id=f"j{next_id}",
+                submit_time=now,
+                min_gpus=lo,
+                max_gpus=hi,
+                gpus=rng.randint(lo, hi),
+                preemptible=rng.random() < 0.9,
+                run_time=rng.choice([0.0, 0.0, 3.0]),
             )
             next_id += 1
         for job_id in [j for j, v in views.items() if v.allocation and rng.random() < 0.15]:
@@ -93,8 +98,9 @@ def test_most_rounds_of_a_steady_queue_take_the_incremental_path(name: str, monk
 
 def test_refresh_by_is_when_a_running_tiresias_job_may_change_queue() -> None:
     policy = policies.get("tiresias", thresholds=[100.0, 1000.0], starvation_factor=2.0)
-    running = JobView(id="a", submit_time=0.0, attained_service=40.0, run_time=20.0,
-                      allocation=Allocation.of({"n0": [0, 1]}))
+    running = JobView(
+        id="a", submit_time=0.0, attained_service=40.0, run_time=20.0, allocation=Allocation.of({"n0": [0, 1]})
+    )
     # 60 more device-seconds at 2 devices: it reaches the first threshold in 30 s (a margin early).
     assert 29.9 < policy.refresh_by(20.0, running) - 20.0 < 30.0
     # Waited 60 s, ran 20 s: promoted until its run time reaches 60 / 2 = 30 s, i.e. 10 s from now.

@@ -30,13 +30,33 @@ def test_json_output_compares_policies(trace: Path, capsys: pytest.CaptureFixtur
 
 def test_table_and_report_files(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    rc = main(["simulate", "--trace", str(trace), "--policy", "fifo,tiresias", "--cluster", "2x2",
-               "--round", "30", "--restart-overhead", "10", "--out", str(out)])
+    rc = main(
+        [
+            "simulate",
+            "--trace",
+            str(trace),
+            "--policy",
+            "fifo,tiresias",
+            "--cluster",
+            "2x2",
+            "--round",
+            "30",
+            "--restart-overhead",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "avg JCT (s)" in text and "tiresias" in text
-    assert {p.name for p in out.iterdir()} == {"report.md", "metrics.json", "jct_cdf.png", "utilisation.png",
-                                               "queue.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "report.md",
+        "metrics.json",
+        "jct_cdf.png",
+        "utilisation.png",
+        "queue.png",
+    }
     assert json.loads((out / "metrics.json").read_text())["round_s"] == 30
 
 

@@ -31,10 +31,14 @@ class FromScratch:
 
 
 def outcomes(result):  # noqa: ANN001, ANN201 - SimResult -> comparable tuple
-    return result.rounds, result.stopped, [
-        (j.id, j.status, j.first_start, j.finish_time, j.restarts, j.preemptions, j.attained_service, j.run_time)
-        for j in result.jobs
-    ]
+    return (
+        result.rounds,
+        result.stopped,
+        [
+            (j.id, j.status, j.first_start, j.finish_time, j.restarts, j.preemptions, j.attained_service, j.run_time)
+            for j in result.jobs
+        ],
+    )
 
 
 CASES = [

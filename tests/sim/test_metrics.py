@@ -15,7 +15,9 @@ from corral.sim.report import markdown_table, write_report
 
 def result(policy: str = "hand") -> SimResult:
     def jr(jid, submit, gpus, ideal, status, start=None, finish=None, held=0.0, restarts=0, preempt=0):  # noqa: ANN001, ANN202
-        return JobResult(jid, "u", 0, submit, gpus, gpus, gpus, ideal, status, start, finish, held, 0.0, restarts, preempt)
+        return JobResult(
+            jid, "u", 0, submit, gpus, gpus, gpus, ideal, status, start, finish, held, 0.0, restarts, preempt
+        )
 
     jobs = (
         jr("a", 0.0, 2, 100.0, JobStatus.FINISHED, 0.0, 100.0, 200.0),

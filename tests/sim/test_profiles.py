@@ -62,8 +62,9 @@ def test_one_gpu_at_the_initial_batch_progresses_one_iteration_per_step() -> Non
 
 def test_ideal_duration_and_adaptive_batch() -> None:
     app = load_profile(APPS / "cifar10")
-    tj = TraceJob(id="c", submit_time=0, gpus=1, min_gpus=1, max_gpus=16, application="cifar10", batch_size=128,
-                  profile=app)
+    tj = TraceJob(
+        id="c", submit_time=0, gpus=1, min_gpus=1, max_gpus=16, application="cifar10", batch_size=128, profile=app
+    )
     work = ProfileWork(tj, Packing(ClusterView.uniform(16, 4)))
     # 100 epochs of ~391 iterations at batch 128 on one GPU.
     assert work.ideal_duration == pytest.approx(app.target_progress * app.step_time((1,), 128)[0], rel=1e-6)

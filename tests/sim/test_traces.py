@@ -23,10 +23,7 @@ def write(tmp_path: Path, text: str, name: str = "trace.csv") -> Path:
 def test_generic_csv_with_optional_columns(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "id,submit_time,duration,gpus,min_gpus,max_gpus,priority,user\n"
-        "b,30,60,2,,,1,bob\n"
-        "a,0,3600.5,4,2,8,0,alice\n"
-        "\n",
+        "id,submit_time,duration,gpus,min_gpus,max_gpus,priority,user\nb,30,60,2,,,1,bob\na,0,3600.5,4,2,8,0,alice\n\n",
     )
     jobs = load_trace(str(path))
     assert [j.id for j in jobs] == ["a", "b"]  # sorted by submit time
@@ -152,7 +149,11 @@ def test_pollux_workload() -> None:
     assert len(jobs) == 160
     first = jobs[0]
     assert (first.id, first.submit_time, first.application, first.gpus, first.batch_size) == (
-        "cifar10-0", 107.0, "cifar10", 6, 2048
+        "cifar10-0",
+        107.0,
+        "cifar10",
+        6,
+        2048,
     )
     assert first.duration is None and first.profile is not None
     assert first.min_gpus == 1 and first.max_gpus >= first.gpus

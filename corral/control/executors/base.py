@@ -63,8 +63,16 @@ class Executor(Protocol):
         """The nodes and devices this executor can hand out now."""
         ...
 
-    def start(self, job_id: int, attempt: int, argv: list[str], allocation: Allocation, *, env: dict[str, str],
-              workdir: str | None) -> RunHandle:
+    def start(
+        self,
+        job_id: int,
+        attempt: int,
+        argv: list[str],
+        allocation: Allocation,
+        *,
+        env: dict[str, str],
+        workdir: str | None,
+    ) -> RunHandle:
         """Start one run of a job on `allocation`; raise on failure (nothing is left running then)."""
         ...
 

@@ -84,15 +84,24 @@ class FakeExecutor:
         """The cluster the test gave."""
         return self._cluster
 
-    def start(self, job_id: int, attempt: int, argv: list[str], allocation: Allocation, *, env: dict[str, str],
-              workdir: str | None) -> RunHandle:
+    def start(
+        self,
+        job_id: int,
+        attempt: int,
+        argv: list[str],
+        allocation: Allocation,
+        *,
+        env: dict[str, str],
+        workdir: str | None,
+    ) -> RunHandle:
         """Start a fake run (raises when the test's fail_start says so)."""
         if self.fail_start(job_id, attempt):
             raise RuntimeError(f"fake start of job {job_id} failed")
         handle = RunHandle(job_id, attempt, f"fake-{job_id}-{attempt}")
         assert (job_id, attempt) not in self.runs, f"attempt {attempt} of job {job_id} started twice"
-        run = FakeRun(handle, allocation, list(argv), dict(env), self.clock(),
-                      ignore_sigterm=job_id in self.ignore_sigterm)
+        run = FakeRun(
+            handle, allocation, list(argv), dict(env), self.clock(), ignore_sigterm=job_id in self.ignore_sigterm
+        )
         self.runs[job_id, attempt] = run
         self.watched.add((job_id, attempt))
         self.started.append(handle)
@@ -129,9 +138,10 @@ class FakeExecutor:
     def needs_attention(self) -> bool:
         """A watched run ended or must be killed."""
         now = self.clock()
-        return any(self.runs[k].outcome is not None or (self.runs[k].kill_at is not None
-                                                        and now >= self.runs[k].kill_at)  # type: ignore[operator]
-                   for k in self.watched)
+        return any(
+            self.runs[k].outcome is not None or (self.runs[k].kill_at is not None and now >= self.runs[k].kill_at)  # type: ignore[operator]
+            for k in self.watched
+        )
 
     def adopt(self, handle: RunHandle) -> bool:
         """Watch a run again after a restart: True when it exists (alive, or ended with an outcome)."""
@@ -156,7 +166,7 @@ class FakeExecutor:
     def read_log(self, job_id: int, rank: int | None, offset: int = 0, limit: int = 1 << 20) -> bytes:
         """What the fake runs of a job "printed"."""
         text = "".join(line + "\n" for (j, _), r in sorted(self.runs.items()) if j == job_id for line in r.log)
-        return text.encode()[offset:offset + limit]
+        return text.encode()[offset : offset + limit]
 
     def log_tail(self, job_id: int, lines: int = 5) -> str:
         """The last lines of the fake log."""

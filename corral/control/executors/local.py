@@ -107,34 +107,63 @@ class LocalExecutor:
         """One node, "local", with `devices` slots."""
         return ClusterView((Node(NODE, self.devices, {"type": "gpu"}),))
 
-    def start(self, job_id: int, attempt: int, argv: list[str], allocation: Allocation, *, env: dict[str, str],
-              workdir: str | None) -> RunHandle:
+    def start(
+        self,
+        job_id: int,
+        attempt: int,
+        argv: list[str],
+        allocation: Allocation,
+        *,
+        env: dict[str, str],
+        workdir: str | None,
+    ) -> RunHandle:
         """Start `corral run --nproc N` of the job's entrypoint on the allocation's slots."""
         devices = [d for _, d in allocation.devices()]
-        script, args = (argv[1], argv[2:]) if Path(argv[0]).name.startswith("python") and len(argv) > 1 \
-            else (argv[0], argv[1:])
+        script, args = (
+            (argv[1], argv[2:]) if Path(argv[0]).name.startswith("python") and len(argv) > 1 else (argv[0], argv[1:])
+        )
         jd = self.job_dir(job_id)
         self.log_dir(job_id).mkdir(parents=True, exist_ok=True)
         for kind in ("exit", "stop", "pid"):
             self._file(job_id, attempt, kind).unlink(missing_ok=True)
         exit_file = self._file(job_id, attempt, "exit")
-        cmd = [sys.executable, "-m", "corral.control.runner", str(exit_file), "--",
-               "--nproc", str(len(devices)), "--log-dir", str(self.log_dir(job_id)), script, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "corral.control.runner",
+            str(exit_file),
+            "--",
+            "--nproc",
+            str(len(devices)),
+            "--log-dir",
+            str(self.log_dir(job_id)),
+            script,
+            *args,
+        ]
         full_env = dict(os.environ)
         full_env.update(env)
-        full_env.update({
-            "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
-            "CORRAL_CHECKPOINT_DIR": str(self.checkpoint_dir(job_id)),
-            "CORRAL_JOB_ID": str(job_id),
-            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
-        })
+        full_env.update(
+            {
+                "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
+                "CORRAL_CHECKPOINT_DIR": str(self.checkpoint_dir(job_id)),
+                "CORRAL_JOB_ID": str(job_id),
+                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            }
+        )
         with open(jd / "launcher.log", "ab") as out:
             out.write(f"--- run {attempt} on devices {devices}: {shlex.join(argv)}\n".encode())
             out.flush()
             # A session of its own: the run outlives a crash of the service, and
             # a signal to its process group reaches the launcher and nothing else.
-            proc = subprocess.Popen(cmd, cwd=workdir or None, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=workdir or None,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         _write(self._file(job_id, attempt, "pid"), str(proc.pid))
         handle = RunHandle(job_id, attempt, str(proc.pid))
         self.runs[job_id] = _Run(handle, proc.pid, proc)
@@ -181,8 +210,9 @@ class LocalExecutor:
         for run in list(self.runs.values()):
             if run.outcome is not None:
                 return True
-            if (run.kill_at is not None and now >= run.kill_at) or (run.hard_kill_at is not None
-                                                                    and now >= run.hard_kill_at):
+            if (run.kill_at is not None and now >= run.kill_at) or (
+                run.hard_kill_at is not None and now >= run.hard_kill_at
+            ):
                 return True
             if not self._alive(run):
                 return True

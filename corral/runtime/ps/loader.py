@@ -55,9 +55,18 @@ class PSLoader(ShardedLoader):
             # One rank of world size 1 sees the whole pool in epoch order; its segment (1, (consumed,))
             # marks a prefix as consumed and resumes at any world size and strategy.
             self._plan = EpochPlan(
-                n=len(self.dataset), epoch=job.epoch, rank=0, world_size=1, batch_size=self.batch_size,
-                kind=self.partition, seed=job.seed, shuffle=self.shuffle, drop_last=self.drop_last,
-                history=job._history, costs=self.costs, key=self.key,
+                n=len(self.dataset),
+                epoch=job.epoch,
+                rank=0,
+                world_size=1,
+                batch_size=self.batch_size,
+                kind=self.partition,
+                seed=job.seed,
+                shuffle=self.shuffle,
+                drop_last=self.drop_last,
+                history=job._history,
+                costs=self.costs,
+                key=self.key,
             )
             self.batches_done = self.yielded = 0
         return self._plan
@@ -117,6 +126,10 @@ class PSLoader(ShardedLoader):
             strategy.pull()
             if stops:
                 job._exit_preempted()
-            if taken and job.checkpoint_every and job.checkpoint_dir is not None \
-                    and job.step_count % job.checkpoint_every == 0:
+            if (
+                taken
+                and job.checkpoint_every
+                and job.checkpoint_dir is not None
+                and job.step_count % job.checkpoint_every == 0
+            ):
                 job.save()

@@ -111,8 +111,7 @@ class Frame:
 
 def connect(rank: int, size: int) -> tuple[dist.Store, Any]:
     """Join the PS group as `rank` of `size`, through the store the launcher hosts."""
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=TIMEOUT)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=TIMEOUT)
     # ProcessGroupGloo reads GLOO_SOCKET_IFNAME like init_process_group does.
     pg = dist.ProcessGroupGloo(dist.PrefixStore(STORE_PREFIX, store), rank, size, TIMEOUT)
     return store, pg

@@ -214,8 +214,11 @@ def main() -> int:
     server.run()
     report = server.report()
     if server.consistency.mode != "bsp" and server.tensors:
-        print(f"{report['updates']:,} updates; staleness max {report['max_spread']} step(s); "
-              f"{report['deferred']:,} repl{'y' if report['deferred'] == 1 else 'ies'} deferred", flush=True)
+        print(
+            f"{report['updates']:,} updates; staleness max {report['max_spread']} step(s); "
+            f"{report['deferred']:,} repl{'y' if report['deferred'] == 1 else 'ies'} deferred",
+            flush=True,
+        )
     trace = os.environ.get(TRACE_DIR)
     if trace:
         Path(trace).mkdir(parents=True, exist_ok=True)

@@ -53,8 +53,10 @@ class _Shard:
     def pack(self) -> None:
         """Copy this step's gradients into the send buffers (a missing gradient counts as zero)."""
         for block, flat in zip(self.blocks, self.tx.blocks):
-            grads = [torch.zeros_like(self.params[pos]) if (g := self.params[pos].grad) is None else g
-                     for pos, _, _ in block.members]
+            grads = [
+                torch.zeros_like(self.params[pos]) if (g := self.params[pos].grad) is None else g
+                for pos, _, _ in block.members
+            ]
             if flat.device == grads[0].device:
                 torch.cat([g.reshape(-1) for g in grads], out=flat)
             else:  # a GPU replica: gather on the device, one copy to the host frame
@@ -84,19 +86,24 @@ class PSStrategy(Strategy):
     ) -> None:
         super().__init__(world_size=world_size, device=device)
         if unknown:
-            raise UserError(f"unknown option(s) for strategy 'ps': {', '.join(sorted(unknown))} "
-                            "(it takes servers, consistency, sharding)")
+            raise UserError(
+                f"unknown option(s) for strategy 'ps': {', '.join(sorted(unknown))} "
+                "(it takes servers, consistency, sharding)"
+            )
         if servers is not None and (isinstance(servers, bool) or not isinstance(servers, int) or servers < 1):
             raise UserError(f"servers must be an integer >= 1, got {servers!r}")
         self.consistency = parse_consistency(consistency)
         self.sharding = check_sharding(sharding)
         launched = env.ps_servers()
         if launched < 1:
-            raise UserError("strategy 'ps' needs parameter servers: start the job with "
-                            f"`corral run --servers {servers or 'S'} ...`")
+            raise UserError(
+                f"strategy 'ps' needs parameter servers: start the job with `corral run --servers {servers or 'S'} ...`"
+            )
         if servers is not None and servers != launched:
-            raise UserError(f"corral.init(servers={servers}) but `corral run` started {launched} server(s); "
-                            f"run it with --servers {servers} or pass servers={launched}")
+            raise UserError(
+                f"corral.init(servers={servers}) but `corral run` started {launched} server(s); "
+                f"run it with --servers {servers} or pass servers={launched}"
+            )
         self.servers = launched
         # Asynchronous workers take different numbers of steps: no collective may follow a step.
         self.lockstep = self.consistency.mode != "asp"
@@ -116,12 +123,16 @@ class PSStrategy(Strategy):
     def attach(self, job: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Shard the optimizer's parameters, start the servers on them (rank 0), and pull the initial values."""
         if job.precision == "fp16":
-            raise UserError("strategy 'ps' does not support precision 'fp16' (its GradScaler steps a local "
-                            "optimizer); use 'bf16' or 'fp32'")
+            raise UserError(
+                "strategy 'ps' does not support precision 'fp16' (its GradScaler steps a local "
+                "optimizer); use 'bf16' or 'fp32'"
+            )
         cls = type(optimizer)
         if cls.__module__ == "__main__":
-            raise UserError(f"strategy 'ps' builds the optimizer on the servers: move {cls.__name__} out of the "
-                            "script into a module they can import")
+            raise UserError(
+                f"strategy 'ps' builds the optimizer on the servers: move {cls.__name__} out of the "
+                "script into a module they can import"
+            )
         self._job = job
         params = [p for g in optimizer.param_groups for p in g["params"]]
         group_of = [gi for gi, g in enumerate(optimizer.param_groups) for _ in g["params"]]
@@ -144,15 +155,19 @@ class PSStrategy(Strategy):
                     "defaults": dict(optimizer.defaults),
                     "optimizer": f"{cls.__module__}:{cls.__qualname__}",
                     # Restored optimizer state (a checkpoint), by position in the shard.
-                    "state": {pos: _to_cpu(optimizer.state[params[i]]) for pos, i in enumerate(idx)
-                              if optimizer.state.get(params[i])},
+                    "state": {
+                        pos: _to_cpu(optimizer.state[params[i]])
+                        for pos, i in enumerate(idx)
+                        if optimizer.state.get(params[i])
+                    },
                     "updates": job.step_count,
                 }
                 proto.send_small(self._pg, self._server_rank(k), Op.INIT, 0, spec)
         zero_copy = all(p.device.type == "cpu" for p in params)
         # A frame set for every server (control messages), pushes only to those holding tensors.
-        self._all = [_Shard(k, self._server_rank(k), [params[i] for i in idx], zero_copy)
-                     for k, idx in enumerate(placed)]
+        self._all = [
+            _Shard(k, self._server_rank(k), [params[i] for i in idx], zero_copy) for k, idx in enumerate(placed)
+        ]
         self._shards = [shard for shard in self._all if shard.params]
         optimizer.state.clear()  # it lives on the servers now; checkpoints fetch it from there
         self._sent_hparams = _hparams(optimizer)
@@ -174,8 +189,10 @@ class PSStrategy(Strategy):
         works: list[Any] = []
         for shard in self._shards:
             shard.pack()
-            works += [shard.tx.set(Op.PUSH, self.rank, self._step).send(self._pg, shard.rank),
-                      shard.rx.recv(self._pg, shard.rank)]
+            works += [
+                shard.tx.set(Op.PUSH, self.rank, self._step).send(self._pg, shard.rank),
+                shard.rx.recv(self._pg, shard.rank),
+            ]
         proto.wait(works)
         for shard in self._shards:
             shard.unpack()
@@ -197,12 +214,17 @@ class PSStrategy(Strategy):
         current = _hparams(optimizer)
         if current == self._sent_hparams:
             return
-        changed = {g: {k: v for k, v in hp.items() if self._sent_hparams[g].get(k) != v}
-                   for g, hp in enumerate(current)}
+        changed = {
+            g: {k: v for k, v in hp.items() if self._sent_hparams[g].get(k) != v} for g, hp in enumerate(current)
+        }
         data = proto.encode(changed)
         for shard in self._shards:
-            proto.wait([shard.tx.set(Op.HPARAMS, self.rank, data.numel()).send(self._pg, shard.rank),
-                        proto.send_data(self._pg, shard.rank, data)])
+            proto.wait(
+                [
+                    shard.tx.set(Op.HPARAMS, self.rank, data.numel()).send(self._pg, shard.rank),
+                    proto.send_data(self._pg, shard.rank, data),
+                ]
+            )
         self._sent_hparams = current
 
     # -- coordination of the asynchronous modes (used by the loader) ------------------

@@ -44,7 +44,9 @@ def node_sizes(cluster: ClusterView) -> Mapping[str, int]:
 
 
 def holds_valid(job: JobView, sizes: Mapping[str, int]) -> bool:
-    """True when `job` holds an allocation validate() accepts: devices that exist, a count within [min_gpus, max_gpus]."""
+    """True when `job` holds an allocation validate() accepts.
+
+    That is: devices that exist, a count within [min_gpus, max_gpus]."""
     alloc = job.allocation
     return bool(alloc) and check_allocation(job, alloc, sizes) is None
 
@@ -344,7 +346,9 @@ class IncrementalPolicy(BasePolicy):
         raise NotImplementedError
 
     def decide(self, now: float, memo: RoundMemo, total: int) -> tuple[list[tuple[str, int]], Reasons] | None:
-        """(fresh placements in placement order, reasons) given that KEEP and PIN jobs keep their devices; None: use the full path."""
+        """(fresh placements in placement order, reasons) given that KEEP and PIN jobs keep their devices.
+
+        None: use the full path."""
         raise NotImplementedError
 
     def schedule(self, now: float, jobs: Sequence[JobView], cluster: ClusterView) -> Decision:
@@ -390,7 +394,9 @@ class IncrementalPolicy(BasePolicy):
                 memo.moved.append(v.id)
         return memo
 
-    def _incremental(self, now: float, jobs: Sequence[JobView], cluster: ClusterView, memo: RoundMemo) -> Decision | None:
+    def _incremental(
+        self, now: float, jobs: Sequence[JobView], cluster: ClusterView, memo: RoundMemo
+    ) -> Decision | None:
         before = memo.views
         # Whole-list passes run in C (map, zip, compress): a round with a few
         # changes among hundreds of jobs costs microseconds here.

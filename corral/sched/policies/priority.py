@@ -100,6 +100,4 @@ class PriorityPolicy(BasePolicy):
         return counts, reasons
 
     def __repr__(self) -> str:
-        return (
-            f"PriorityPolicy(placer={self.placer.name!r}, elastic={self.elastic}, min_growth={self.min_growth})"
-        )
+        return f"PriorityPolicy(placer={self.placer.name!r}, elastic={self.elastic}, min_growth={self.min_growth})"

@@ -42,8 +42,7 @@ def main() -> None:
     data = TensorDataset(x, (x.sum(1) > 0).long())
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 2))
-    model, opt, loader = job.prepare(net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), data,
-                                     batch_size=8)
+    model, opt, loader = job.prepare(net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), data, batch_size=8)
     for _ in job.epochs(args.epochs):
         total = 0.0
         for xb, yb in loader:

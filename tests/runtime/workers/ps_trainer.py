@@ -79,8 +79,14 @@ def main() -> None:
     options = {}
     if args.strategy == "ps":
         options = {"servers": args.servers, "consistency": args.consistency, "sharding": args.sharding}
-    job = corral.init(strategy=args.strategy, grad_accum=args.grad_accum, checkpoint_dir=args.checkpoint_dir,
-                      checkpoint_every=args.checkpoint_every, seed=0, **options)
+    job = corral.init(
+        strategy=args.strategy,
+        grad_accum=args.grad_accum,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        seed=0,
+        **options,
+    )
     model = build(args.model)
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
@@ -89,8 +95,14 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5) if args.schedule else None
     model, opt, loader = job.prepare(model, opt, data(args.n), batch_size=args.batch_size)
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-    record: dict = {"rank": job.rank, "world_size": job.world_size, "resumed_from": job.restored_from,
-                    "attempt": attempt, "losses": [], "my_steps": 0}
+    record: dict = {
+        "rank": job.rank,
+        "world_size": job.world_size,
+        "resumed_from": job.restored_from,
+        "attempt": attempt,
+        "losses": [],
+        "my_steps": 0,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -129,8 +141,12 @@ def main() -> None:
         record["losses"].append(total / max(count, 1))
         if done:
             break
-    record.update(params=[q.detach().flatten().tolist() for q in model.parameters()], steps=job.step_count,
-                  epoch=job.epoch, seconds=time.perf_counter() - start)
+    record.update(
+        params=[q.detach().flatten().tolist() for q in model.parameters()],
+        steps=job.step_count,
+        epoch=job.epoch,
+        seconds=time.perf_counter() - start,
+    )
     dump()
     job.finish()
     # Skip interpreter teardown. With a DDP model still alive (the --strategy ddp reference runs),

@@ -30,8 +30,7 @@ def main() -> None:
     data = TensorDataset(x, x @ torch.tensor([1.0, -2.0, 3.0, 0.5]))
     torch.manual_seed(0)
     net = nn.Linear(4, 1)
-    model, opt, loader = job.prepare(net, torch.optim.SGD(net.parameters(), lr=0.05), data,
-                                     batch_size=args.batch_size)
+    model, opt, loader = job.prepare(net, torch.optim.SGD(net.parameters(), lr=0.05), data, batch_size=args.batch_size)
     t0 = time.perf_counter()
     for _ in job.epochs(args.epochs):
         total, n = 0.0, 0

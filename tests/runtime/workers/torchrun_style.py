@@ -6,8 +6,18 @@ import sys
 import torch
 import torch.distributed as dist
 
-REQUIRED = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-            "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID"]
+REQUIRED = [
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+    "TORCHELASTIC_RUN_ID",
+]
 missing = [k for k in REQUIRED if k not in os.environ]
 if missing:
     sys.exit(f"missing env: {missing}")
@@ -16,6 +26,8 @@ t = torch.tensor([float(dist.get_rank() + 1)])
 dist.all_reduce(t)
 n = dist.get_world_size()
 assert t.item() == n * (n + 1) / 2, t
-print(f"sum={t.item():g} rank={os.environ['RANK']} local={os.environ['LOCAL_RANK']} "
-      f"restart={os.environ['TORCHELASTIC_RESTART_COUNT']}/{os.environ['TORCHELASTIC_MAX_RESTARTS']}")
+print(
+    f"sum={t.item():g} rank={os.environ['RANK']} local={os.environ['LOCAL_RANK']} "
+    f"restart={os.environ['TORCHELASTIC_RESTART_COUNT']}/{os.environ['TORCHELASTIC_MAX_RESTARTS']}"
+)
 dist.destroy_process_group()

@@ -49,27 +49,45 @@ def main() -> None:
     p.add_argument("--kill-rank", type=int, default=None, help="SIGKILL this rank at --kill-step on attempt 0")
     p.add_argument("--kill-step", type=int, default=None)
     p.add_argument("--sleep", type=float, default=0.0, help="seconds per step (to leave time for signals)")
-    p.add_argument("--sleep-per-replica", type=float, default=0.0,
-                   help="extra seconds per step for each replica beyond the first (a job that scales poorly)")
-    p.add_argument("--per-run", action="store_true",
-                   help="name the samples file by the step the run resumed from, so runs started afresh "
-                        "by the service (each attempt 0) keep their own files")
+    p.add_argument(
+        "--sleep-per-replica",
+        type=float,
+        default=0.0,
+        help="extra seconds per step for each replica beyond the first (a job that scales poorly)",
+    )
+    p.add_argument(
+        "--per-run",
+        action="store_true",
+        help="name the samples file by the step the run resumed from, so runs started afresh "
+        "by the service (each attempt 0) keep their own files",
+    )
     p.add_argument("--check-sync", action="store_true")
     p.add_argument("--strategy", default="ddp")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--partition", default="strided")
     args = p.parse_args()
 
-    job = corral.init(strategy=args.strategy, precision=args.precision, grad_accum=args.grad_accum,
-                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, seed=0)
+    job = corral.init(
+        strategy=args.strategy,
+        precision=args.precision,
+        grad_accum=args.grad_accum,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        seed=0,
+    )
     torch.manual_seed(0)
     model = nn.Linear(8, 1).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model, opt, loader = job.prepare(model, opt, Indexed(args.n), batch_size=args.batch_size,
-                                     partition=args.partition)
-    record: dict = {"rank": job.rank, "world_size": job.world_size, "resumed_from": job.restored_from,
-                    "attempt": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)), "samples": [],
-                    "sync": [], "micro": []}
+    model, opt, loader = job.prepare(model, opt, Indexed(args.n), batch_size=args.batch_size, partition=args.partition)
+    record: dict = {
+        "rank": job.rank,
+        "world_size": job.world_size,
+        "resumed_from": job.restored_from,
+        "attempt": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        "samples": [],
+        "sync": [],
+        "micro": [],
+    }
     if args.check_sync:
         # Right before each optimizer step, compare this rank's gradient with every other rank's.
         def pre_step(optimizer, *_):
@@ -77,6 +95,7 @@ def main() -> None:
             gathered = [torch.zeros_like(grads) for _ in range(job.world_size)]
             torch.distributed.all_gather(gathered, grads)
             record["sync"].append(all(torch.allclose(g, gathered[0]) for g in gathered))
+
         opt.register_step_pre_hook(pre_step)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +120,7 @@ def main() -> None:
                 record["micro"].append(all(torch.allclose(g, gathered[0]) for g in gathered))
             if pause:
                 time.sleep(pause)
-            if (args.kill_rank == job.rank and record["attempt"] == 0 and job.step_count == args.kill_step):
+            if args.kill_rank == job.rank and record["attempt"] == 0 and job.step_count == args.kill_step:
                 with open(out / f"trace-{job.rank}-{record['attempt']}.json", "w") as f:
                     json.dump(record, f)
                 os.kill(os.getpid(), signal.SIGKILL)
