@@ -257,6 +257,7 @@ def test_submit_runs_to_success_and_records_every_transition(server: LiveServer)
     events = c.get(f"{API}/jobs/{job['id']}/events").json()["events"]
     assert [(e["src"], e["dst"]) for e in events] == [("", "PENDING"), ("PENDING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
     assert "local:0,local:1" in events[1]["cause"]
+    assert events[1]["data"] == {"allocation": {"local": [0, 1]}, "attempt": 1}  # structured, not parsed from text
     log = c.get(f"{API}/jobs/{job['id']}/logs").text
     assert "[rank 0]" in log and "[rank 1]" in log
     assert "[rank" not in c.get(f"{API}/jobs/{job['id']}/logs", params={"rank": 1}).text

@@ -108,6 +108,7 @@ def _plan(rng: random.Random, out: Path) -> tuple[list[Planned], list[float]]:
     return jobs, sorted(kills)
 
 
+@pytest.mark.timeout(900)
 def test_server_sigkilled_three_times_every_job_ends_once_in_the_right_state(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     home = tmp_path / "home"
@@ -144,7 +145,8 @@ def test_server_sigkilled_three_times_every_job_ends_once_in_the_right_state(tmp
                 server = start_server(home, port)
         assert killed == KILLS
 
-        deadline = time.monotonic() + 150
+        # Only a guard against a hang (a loaded machine runs the 30 jobs slowly): the checks are on states.
+        deadline = time.monotonic() + 480
         while True:
             listed = c.get(f"{API}/jobs", params={"limit": 1000}).json()["jobs"]
             if all(j["state"] in TERMINAL for j in listed) and len(listed) == len(jobs):

@@ -21,13 +21,27 @@ pytestmark = pytest.mark.slow
 API = "/api/v1"
 
 
-def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    home: Path, port: int, *options: str, devices: int = 3, round_s: float = 0.5
+) -> subprocess.Popen[bytes]:
+    """`corral server` on `home` and `port` (more `options` after the usual ones), once it answers."""
     env = dict(os.environ, OMP_NUM_THREADS="1", CORRAL_HOME=str(home))
     log = open(home / f"server-{time.time_ns()}.log", "wb")
     proc = subprocess.Popen(
         corral_cmd(
-            "server", "--home", str(home), "--port", str(port), "--devices", "3", "--round", "0.5", "--grace", "15"
-        ),
+            "server",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--devices",
+            str(devices),
+            "--round",
+            str(round_s),
+            "--grace",
+            "15",
+            *options,
+        ),  # fmt: skip
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -64,7 +64,10 @@ def events(job_id: int, user: Caller, service: ServiceDep) -> EventList:
     """Every state transition of a job, with its time and cause."""
     find_job(service, job_id)
     return EventList(
-        events=[EventOut(time=e.time, src=e.src, dst=e.dst, cause=e.cause) for e in service.store.events(job_id)]
+        events=[
+            EventOut(time=e.time, src=e.src, dst=e.dst, cause=e.cause, data=e.data or {})
+            for e in service.store.events(job_id)
+        ]
     )
 
 

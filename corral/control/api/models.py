@@ -56,6 +56,9 @@ class EventOut(BaseModel):
     src: str
     dst: str
     cause: str
+    # Structured facts of the transition: allocation and attempt when it starts running,
+    # kind (preempt, resize, lost) when it stops, exit_code when it fails.
+    data: dict[str, Any] = Field(default_factory=dict)
 
 
 class EventList(BaseModel):
