@@ -49,7 +49,7 @@ class ServiceConfig:
 
 
 class Service:
-    """One corral service: the store, the local executor and the scheduler loop."""
+    """One corral service: the store, its executor and the scheduler loop."""
 
     def __init__(self, config: ServiceConfig) -> None:
         if config.devices is not None and not 1 <= config.devices <= 4096:
