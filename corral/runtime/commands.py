@@ -19,14 +19,48 @@ from corral.errors import UserError
 
 def run(
     ctx: typer.Context,
-    script: Annotated[str, typer.Argument(help="Training script (.py) or executable, followed by its own arguments.")],
-    nproc: Annotated[int, typer.Option("--nproc", "-n", help="Worker processes to start.")] = 1,
+    script: Annotated[
+        str, typer.Argument(help="Training script (.py), module (-m) or executable, followed by its own arguments.")
+    ],
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", "-n", "--nproc-per-node", "--nproc_per_node", help="Worker processes to start (per node)."
+        ),
+    ] = 1,
     servers: Annotated[
         int,
         typer.Option(help="Parameter-server processes to start beside the workers (for corral.init(strategy='ps'))."),
     ] = 0,
-    max_restarts: Annotated[int, typer.Option(help="Restart the whole gang this many times on a failure.")] = 0,
-    master_port: Annotated[int | None, typer.Option(help="Rendezvous port (default: a free port).")] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option("--max-restarts", "--max_restarts", help="Restart the whole gang this many times on a failure."),
+    ] = 0,
+    master_addr: Annotated[
+        str, typer.Option("--master-addr", "--master_addr", help="Address of the rendezvous (node 0's host).")
+    ] = "127.0.0.1",
+    master_port: Annotated[
+        int | None,
+        typer.Option("--master-port", "--master_port", help="Rendezvous port (default: a free port)."),
+    ] = None,
+    rdzv_endpoint: Annotated[
+        str | None,
+        typer.Option("--rdzv-endpoint", "--rdzv_endpoint", help="HOST[:PORT] of the rendezvous (torchrun's spelling)."),
+    ] = None,
+    rdzv_id: Annotated[
+        str | None, typer.Option("--rdzv-id", "--rdzv_id", help="Run id the workers see as TORCHELASTIC_RUN_ID.")
+    ] = None,
+    standalone: Annotated[
+        bool, typer.Option("--standalone", help="One node, rendezvous on a free local port (as torchrun's).")
+    ] = False,
+    nnodes: Annotated[str, typer.Option("--nnodes", help="Number of nodes; only 1 is supported yet.")] = "1",
+    node_rank: Annotated[int, typer.Option("--node-rank", "--node_rank", help="This node's rank (0 here).")] = 0,
+    module: Annotated[
+        bool, typer.Option("--module", "-m", help="SCRIPT is a Python module: run `python -m SCRIPT`.")
+    ] = False,
+    no_python: Annotated[
+        bool, typer.Option("--no-python", "--no_python", help="Run SCRIPT as an executable, not through python.")
+    ] = False,
     log_dir: Annotated[Path | None, typer.Option(help="Also write each rank's output to DIR/rank-N.log.")] = None,
     grace_period: Annotated[
         float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping workers.")
@@ -35,18 +69,64 @@ def run(
     """Run SCRIPT on N local workers with torchrun's environment; restart the gang on failure."""
     from corral.runtime.launch import LaunchConfig, launch
 
+    addr, port = _rendezvous(master_addr, master_port, rdzv_endpoint, standalone, nnodes, node_rank)
     cfg = LaunchConfig(
         script=script,
         args=list(ctx.args),
         nproc=nproc,
         servers=servers,
         max_restarts=max_restarts,
-        master_port=master_port,
+        master_addr=addr,
+        master_port=port,
         log_dir=log_dir,
         grace_period=grace_period,
+        module=module,
+        no_python=no_python,
     )
+    if rdzv_id:
+        cfg.run_id = rdzv_id
     result = launch(cfg)
     raise typer.Exit(result.exit_code)
+
+
+def _rendezvous(
+    addr: str, port: int | None, endpoint: str | None, standalone: bool, nnodes: str, node_rank: int
+) -> tuple[str, int | None]:
+    """The rendezvous address and port from torchrun's options, checked; UserError names a bad one."""
+    if ":" in nnodes:
+        raise UserError(f"--nnodes {nnodes}: elastic node ranges (MIN:MAX) are not supported by corral run")
+    try:
+        n = int(nnodes)
+    except ValueError:
+        raise UserError(f"--nnodes must be an integer, got {nnodes!r}") from None
+    if n < 1:
+        raise UserError(f"--nnodes must be >= 1, got {n}")
+    if not 0 <= node_rank < n:
+        raise UserError(f"--node-rank must be in 0..{n - 1} (--nnodes {n}), got {node_rank}")
+    if n > 1:
+        if standalone:
+            raise UserError(f"--standalone is one node; it cannot go with --nnodes {n}")
+        raise UserError(
+            f"--nnodes {n}: multi-node gangs are not supported by corral run yet "
+            "(run one node per machine under the corral service instead)"
+        )
+    if standalone:
+        return "127.0.0.1", None
+    if endpoint:
+        host, _, raw = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "")
+        if raw:
+            try:
+                port = int(raw)
+            except ValueError:
+                raise UserError(f"--rdzv-endpoint port must be an integer, got {raw!r}") from None
+        addr = host or addr
+    import socket
+
+    try:
+        socket.getaddrinfo(addr, None)
+    except OSError:
+        raise UserError(f"--master-addr {addr!r} does not resolve") from None
+    return addr, port
 
 
 def doctor() -> None:

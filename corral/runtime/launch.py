@@ -49,6 +49,8 @@ class LaunchConfig:
     grace_period: float = 3.0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     extra_env: dict[str, str] = field(default_factory=dict)
+    module: bool = False  # -m: `script` is a module, run as `python -m script`
+    no_python: bool = False  # --no-python: `script` is an executable, run as it is
 
 
 @dataclass
@@ -76,8 +78,15 @@ def validate(cfg: LaunchConfig) -> list[str]:
         raise UserError(f"--master-port must be in 1..65535, got {cfg.master_port}")
     script = cfg.script
     if script.startswith("-"):
+        name = script.split("=", 1)[0]
+        if name in TORCHRUN_UNSUPPORTED:
+            raise UserError(f"torchrun option {name} is not supported by corral run")
         raise UserError(f"unknown option {script} (corral run options come before the script)")
-    if script.endswith(".py"):
+    if cfg.module and cfg.no_python:
+        raise UserError("-m/--module and --no-python exclude each other: a module runs through python")
+    if cfg.module:
+        return [sys.executable, "-u", "-m", script, *cfg.args]
+    if script.endswith(".py") and not cfg.no_python:
         if not Path(script).is_file():
             raise UserError(f"script not found: {script}")
         # -u: unbuffered, so lines reach the prefixer (and the logs) as they are printed.
@@ -86,6 +95,45 @@ def validate(cfg: LaunchConfig) -> list[str]:
     if resolved is None:
         raise UserError(f"script not found or not executable: {script}")
     return [resolved, *cfg.args]
+
+
+# torchrun options corral run does not implement (dynamic rendezvous, agent settings, output plumbing):
+# each is refused by name instead of being taken for the script.
+TORCHRUN_UNSUPPORTED = frozenset(
+    {
+        "--rdzv-backend", "--rdzv_backend", "--rdzv-conf", "--rdzv_conf", "--monitor-interval",
+        "--monitor_interval", "--start-method", "--start_method", "--role", "--redirects", "-r", "--tee", "-t",
+        "--local-addr", "--local_addr", "--local-ranks-filter", "--local_ranks_filter", "--logs-specs",
+        "--logs_specs", "--max-nodes", "--min-nodes", "--event-log-handler", "--numa-binding",
+    }
+)  # fmt: skip
+PYTHON_FLAGS = frozenset("-u -B -E -I -O -OO -s -S -q -b -bb -d -v".split())  # interpreter flags with no value
+PYTHON_VALUE_FLAGS = frozenset({"-X", "-W"})
+
+
+def entrypoint_args(argv: Sequence[str]) -> list[str]:
+    """The `corral run` arguments (script or `-m module`, then its arguments) for a job's command line.
+
+    `python [flags] x.py ...` and `python [flags] -m pkg.mod ...` run on the launcher's python (the
+    interpreter flags are dropped: workers always run unbuffered); anything else runs as the command it is.
+    """
+    if not argv:
+        raise UserError("the entrypoint is empty")
+    if not Path(argv[0]).name.startswith("python"):
+        return list(argv)
+    i = 1
+    while i < len(argv) and (argv[i] in PYTHON_FLAGS or argv[i] in PYTHON_VALUE_FLAGS):
+        i += 2 if argv[i] in PYTHON_VALUE_FLAGS else 1
+    rest = list(argv[i:])
+    if not rest:
+        raise UserError(f"the entrypoint {' '.join(argv)!r} names no script or module")
+    if rest[0] == "-m":
+        if len(rest) < 2:
+            raise UserError(f"the entrypoint {' '.join(argv)!r}: -m needs a module name")
+        return ["-m", *rest[1:]]
+    if rest[0] == "-c":
+        return ["--no-python", *argv]  # inline code: run it as written
+    return rest
 
 
 def _exit_code(returncode: int) -> int:

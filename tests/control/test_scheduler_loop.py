@@ -163,3 +163,16 @@ def test_preempted_plain_script_dies_of_sigterm_and_is_requeued_not_failed(env) 
     sched.cancel(low.id)
     _run_until(sched, store, lambda: JobState(store.get_job(low.id).state).is_terminal, timeout=30)
     assert store.get_job(low.id).state == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    "entrypoint", ["python -m tests.runtime.workers.torchrun_style", f"python -u {WORKERS / 'torchrun_style.py'}"]
+)
+def test_python_module_and_interpreter_flag_entrypoints_run(env, entrypoint: str) -> None:
+    """Defect: `python -m pkg.mod` and `python -u x.py` were accepted at submit and then failed every run."""
+    store, executor, sched, tmp = env
+    job = store.add_job(_spec("entry", entrypoint, gpus=2), "alice")
+    _run_until(sched, store, lambda: JobState(store.get_job(job.id).state).is_terminal, timeout=60)
+    assert store.get_job(job.id).state == "SUCCEEDED", store.get_job(job.id).last_log
+    log = (executor.log_dir(job.id) / "rank-1.log").read_text()
+    assert "sum=3 rank=1" in log

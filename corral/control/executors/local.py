@@ -22,6 +22,7 @@ import psutil
 
 from corral.control.executors.base import Ending, RunHandle, RunOutcome
 from corral.runtime import env as runtime_env
+from corral.runtime.launch import entrypoint_args
 from corral.sched.types import Allocation, ClusterView, Node
 
 NODE = "local"
@@ -119,9 +120,7 @@ class LocalExecutor:
     ) -> RunHandle:
         """Start `corral run --nproc N` of the job's entrypoint on the allocation's slots."""
         devices = [d for _, d in allocation.devices()]
-        script, args = (
-            (argv[1], argv[2:]) if Path(argv[0]).name.startswith("python") and len(argv) > 1 else (argv[0], argv[1:])
-        )
+        run_args = entrypoint_args(argv)  # python x.py / python -u x.py / python -m pkg.mod / an executable
         jd = self.job_dir(job_id)
         self.log_dir(job_id).mkdir(parents=True, exist_ok=True)
         for kind in ("exit", "stop", "pid"):
@@ -137,8 +136,7 @@ class LocalExecutor:
             str(len(devices)),
             "--log-dir",
             str(self.log_dir(job_id)),
-            script,
-            *args,
+            *run_args,
         ]
         full_env = dict(os.environ)
         full_env.update(env)
