@@ -53,8 +53,12 @@ def run(
     standalone: Annotated[
         bool, typer.Option("--standalone", help="One node, rendezvous on a free local port (as torchrun's).")
     ] = False,
-    nnodes: Annotated[str, typer.Option("--nnodes", help="Number of nodes; only 1 is supported yet.")] = "1",
-    node_rank: Annotated[int, typer.Option("--node-rank", "--node_rank", help="This node's rank (0 here).")] = 0,
+    nnodes: Annotated[
+        str, typer.Option("--nnodes", help="Nodes of the gang; each runs `corral run` with its --node-rank.")
+    ] = "1",
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", "--node_rank", help="This node's rank: 0 hosts the rendezvous.")
+    ] = 0,
     module: Annotated[
         bool, typer.Option("--module", "-m", help="SCRIPT is a Python module: run `python -m SCRIPT`.")
     ] = False,
@@ -69,7 +73,7 @@ def run(
     """Run SCRIPT on N local workers with torchrun's environment; restart the gang on failure."""
     from corral.runtime.launch import LaunchConfig, launch
 
-    addr, port = _rendezvous(master_addr, master_port, rdzv_endpoint, standalone, nnodes, node_rank)
+    addr, port, n = _rendezvous(master_addr, master_port, rdzv_endpoint, standalone, nnodes, node_rank)
     cfg = LaunchConfig(
         script=script,
         args=list(ctx.args),
@@ -82,6 +86,8 @@ def run(
         grace_period=grace_period,
         module=module,
         no_python=no_python,
+        nnodes=n,
+        node_rank=node_rank,
     )
     if rdzv_id:
         cfg.run_id = rdzv_id
@@ -91,8 +97,8 @@ def run(
 
 def _rendezvous(
     addr: str, port: int | None, endpoint: str | None, standalone: bool, nnodes: str, node_rank: int
-) -> tuple[str, int | None]:
-    """The rendezvous address and port from torchrun's options, checked; UserError names a bad one."""
+) -> tuple[str, int | None, int]:
+    """The rendezvous address, port and node count from torchrun's options, checked; UserError names a bad one."""
     if ":" in nnodes:
         raise UserError(f"--nnodes {nnodes}: elastic node ranges (MIN:MAX) are not supported by corral run")
     try:
@@ -103,15 +109,10 @@ def _rendezvous(
         raise UserError(f"--nnodes must be >= 1, got {n}")
     if not 0 <= node_rank < n:
         raise UserError(f"--node-rank must be in 0..{n - 1} (--nnodes {n}), got {node_rank}")
-    if n > 1:
-        if standalone:
-            raise UserError(f"--standalone is one node; it cannot go with --nnodes {n}")
-        raise UserError(
-            f"--nnodes {n}: multi-node gangs are not supported by corral run yet "
-            "(run one node per machine under the corral service instead)"
-        )
+    if n > 1 and standalone:
+        raise UserError(f"--standalone is one node; it cannot go with --nnodes {n}")
     if standalone:
-        return "127.0.0.1", None
+        return "127.0.0.1", None, 1
     if endpoint:
         host, _, raw = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "")
         if raw:
@@ -126,7 +127,7 @@ def _rendezvous(
         socket.getaddrinfo(addr, None)
     except OSError:
         raise UserError(f"--master-addr {addr!r} does not resolve") from None
-    return addr, port
+    return addr, port, n
 
 
 def doctor() -> None:

@@ -119,16 +119,20 @@ def worker_env(
     max_restarts: int,
     run_id: str,
     servers: int = 0,
+    local_rank_: int | None = None,
+    local_world_size_: int | None = None,
+    group_rank: int = 0,
+    group_world_size: int = 1,
 ) -> dict[str, str]:
-    """The variables torchrun sets for one worker on a single node (and how many PS servers run)."""
+    """The variables torchrun sets for one worker (and how many PS servers run); one node unless told."""
     return {
         PS_SERVERS: str(servers),
         "RANK": str(rank_),
-        "LOCAL_RANK": str(rank_),
+        "LOCAL_RANK": str(rank_ if local_rank_ is None else local_rank_),
         "WORLD_SIZE": str(world_size_),
-        "LOCAL_WORLD_SIZE": str(world_size_),
-        "GROUP_RANK": "0",
-        "GROUP_WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": str(world_size_ if local_world_size_ is None else local_world_size_),
+        "GROUP_RANK": str(group_rank),
+        "GROUP_WORLD_SIZE": str(group_world_size),
         "ROLE_RANK": str(rank_),
         "ROLE_WORLD_SIZE": str(world_size_),
         "ROLE_NAME": "default",

@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +32,7 @@ from typing import IO, Any
 from corral.errors import UserError
 from corral.runtime import env
 from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE
+from corral.runtime.nodes import POLL_S, NodeGroup
 
 SUCCEEDED, FAILED, PREEMPTED, INTERRUPTED = "succeeded", "failed", "preempted", "interrupted"
 
@@ -50,6 +53,8 @@ class LaunchConfig:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     extra_env: dict[str, str] = field(default_factory=dict)
     module: bool = False  # -m: `script` is a module, run as `python -m script`
+    nnodes: int = 1  # static multi-node: launchers on this many hosts form one gang (corral.runtime.nodes)
+    node_rank: int = 0
     no_python: bool = False  # --no-python: `script` is an executable, run as it is
 
 
@@ -76,6 +81,11 @@ def validate(cfg: LaunchConfig) -> list[str]:
         raise UserError(f"--grace-period must be >= 0, got {cfg.grace_period}")
     if cfg.master_port is not None and not 1 <= cfg.master_port <= 65535:
         raise UserError(f"--master-port must be in 1..65535, got {cfg.master_port}")
+    if cfg.nnodes > 1:
+        if cfg.master_port is None:
+            raise UserError("--nnodes > 1 needs --master-port (or --rdzv-endpoint HOST:PORT): every node must know it")
+        if cfg.servers:
+            raise UserError("--servers runs on one node: it cannot go with --nnodes > 1")
     script = cfg.script
     if script.startswith("-"):
         name = script.split("=", 1)[0]
@@ -183,7 +193,16 @@ class _Store:
 class _Gang:
     """The worker processes of one attempt and the threads that copy their output."""
 
-    def __init__(self, cfg: LaunchConfig, cmd: list[str], port: int, attempt: int, out: IO[bytes], err: IO[bytes]):
+    def __init__(
+        self,
+        cfg: LaunchConfig,
+        cmd: list[str],
+        port: int,
+        attempt: int,
+        out: IO[bytes],
+        err: IO[bytes],
+        errors_dir: str,
+    ):
         self.cfg = cfg
         self.procs: list[subprocess.Popen[bytes]] = []  # the workers by rank, then the servers
         self.labels: list[str] = []
@@ -201,12 +220,24 @@ class _Gang:
         if out.isatty() if hasattr(out, "isatty") else False:
             base.setdefault("FORCE_COLOR", "1")  # rich in the workers keeps its colours through the pipe
         self.logs: list[IO[bytes] | None] = []
-        for rank in range(cfg.nproc):
+        self.error_files: list[Path] = []
+        for local in range(cfg.nproc):
+            rank = cfg.node_rank * cfg.nproc + local
             worker_env = dict(base)
+            # torchrun's contract: @record (torch.distributed.elastic) writes the worker's exception here.
+            error_file = Path(errors_dir) / f"attempt-{attempt}" / f"rank-{rank}.json"
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            error_file.unlink(missing_ok=True)
+            self.error_files.append(error_file)
+            worker_env["TORCHELASTIC_ERROR_FILE"] = str(error_file)
             worker_env.update(
                 env.worker_env(
                     rank_=rank,
-                    world_size_=cfg.nproc,
+                    world_size_=cfg.nproc * cfg.nnodes,
+                    local_rank_=local,
+                    local_world_size_=cfg.nproc,
+                    group_rank=cfg.node_rank,
+                    group_world_size=cfg.nnodes,
                     master_addr=cfg.master_addr,
                     master_port=port,
                     restart_count_=attempt,
@@ -344,51 +375,90 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
         err.write(f"[corral] {msg}\n".encode())
         err.flush()
 
+    group = NodeGroup(cfg.master_addr, cfg.master_port or 0, cfg.nnodes, cfg.node_rank) if cfg.nnodes > 1 else None
+    errors_dir = tempfile.mkdtemp(prefix=f"corral-run-{cfg.run_id}-")
     attempt = 0
-    with _Signals() as signals:
-        while True:
-            store = _Store(cfg.master_addr, cfg.master_port, cfg.nproc + cfg.servers)
-            servers = f" and {cfg.servers} server(s)" if cfg.servers else ""
-            say(
-                f"starting {cfg.nproc} worker(s){servers}, attempt {attempt + 1}/{cfg.max_restarts + 1}, "
-                f"rendezvous {cfg.master_addr}:{store.port}"
-            )
-            gang = _Gang(cfg, cmd, store.port, attempt, out, err)
-            try:
-                outcome = _watch(gang, cfg, signals, say)
-            finally:
-                if gang.alive():
-                    gang.stop(cfg.grace_period)
-                gang.close()
-                store.close()
-            if outcome.state == FAILED and attempt < cfg.max_restarts and not signals.received:
-                attempt += 1
-                who = (
-                    f"server {outcome.failed_server}"
-                    if outcome.failed_server is not None
-                    else f"rank {outcome.failed_rank}"
+    world = cfg.nproc * cfg.nnodes
+    try:
+        with _Signals() as signals:
+            while True:
+                # One node hosts the rendezvous store of each attempt; alone, it may sit on --master-port,
+                # with other nodes that port is the control store's, so the rendezvous takes a free one.
+                store = None
+                if cfg.node_rank == 0:
+                    store = _Store(cfg.master_addr, None if group else cfg.master_port, world + cfg.servers)
+                    port = store.port
+                    if group:
+                        group.announce(attempt, port)
+                else:
+                    assert group is not None
+                    port = group.rendezvous_port(attempt)
+                servers = f" and {cfg.servers} server(s)" if cfg.servers else ""
+                where = f" on node {cfg.node_rank}/{cfg.nnodes} ({world} in the gang)" if group else ""
+                say(
+                    f"starting {cfg.nproc} worker(s){servers}{where}, attempt {attempt + 1}/{cfg.max_restarts + 1}, "
+                    f"rendezvous {cfg.master_addr}:{port}"
                 )
-                say(f"restarting the gang ({attempt}/{cfg.max_restarts}) after {who} failed")
-                continue
-            outcome.restarts = attempt
-            if outcome.state == SUCCEEDED:
-                say(f"all {cfg.nproc} worker(s) succeeded")
-            elif outcome.state == PREEMPTED:
-                say(f"preempted: checkpoint saved, exit code {PREEMPTED_EXIT_CODE}")
-            return outcome
+                gang = _Gang(cfg, cmd, port, attempt, out, err, errors_dir)
+                try:
+                    outcome = _watch(gang, cfg, signals, say, group, attempt)
+                finally:
+                    if gang.alive():
+                        gang.stop(cfg.grace_period)
+                    gang.close()
+                if group is not None:
+                    # Every node takes the same decision from every node's end.
+                    ends = group.end(attempt, outcome.state)
+                    if outcome.state != FAILED and FAILED in ends:
+                        outcome = LaunchResult(FAILED, 1, 0, failed_rank=None)
+                    elif outcome.state == SUCCEEDED and PREEMPTED in ends:
+                        outcome = LaunchResult(PREEMPTED, PREEMPTED_EXIT_CODE, 0)
+                if store is not None:
+                    store.close()
+                if outcome.state == FAILED and attempt < cfg.max_restarts and not signals.received:
+                    attempt += 1
+                    who = (
+                        f"server {outcome.failed_server}"
+                        if outcome.failed_server is not None
+                        else f"rank {outcome.failed_rank}"
+                        if outcome.failed_rank is not None
+                        else "a rank on another node"
+                    )
+                    say(f"restarting the gang ({attempt}/{cfg.max_restarts}) after {who} failed")
+                    continue
+                outcome.restarts = attempt
+                if outcome.state == SUCCEEDED:
+                    say(f"all {cfg.nproc} worker(s) succeeded")
+                elif outcome.state == PREEMPTED:
+                    say(f"preempted: checkpoint saved, exit code {PREEMPTED_EXIT_CODE}")
+                return outcome
+    finally:
+        if group is not None:
+            group.close(attempt)
+        shutil.rmtree(errors_dir, ignore_errors=True)
 
 
 def _failure(gang: _Gang, index: int, code: int, state: str = FAILED) -> LaunchResult:
     """The result of a gang whose process `index` (a worker rank, or a server after the workers) ended with `code`."""
     if index < gang.cfg.nproc:
-        return LaunchResult(state, _exit_code(code), 0, failed_rank=index)
+        return LaunchResult(state, _exit_code(code), 0, failed_rank=gang.cfg.node_rank * gang.cfg.nproc + index)
     return LaunchResult(state, _exit_code(code), 0, failed_server=index - gang.cfg.nproc)
 
 
-def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> LaunchResult:
-    """Wait for the gang to end; stop it as soon as one process fails."""
+def _watch(
+    gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any, group: NodeGroup | None = None, attempt: int = 0
+) -> LaunchResult:
+    """Wait for the gang to end; stop it as soon as one process fails (here, or on another node)."""
     forwarded = 0
+    next_poll = 0.0
     while True:
+        if group is not None and time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + POLL_S
+            other = group.failure(attempt)
+            if other is not None and other["node"] != cfg.node_rank and not signals.received:
+                say(f"rank {other['rank']} on node {other['node']} failed ({other['how']}); stopping the workers")
+                gang.stop(cfg.grace_period)
+                return LaunchResult(FAILED, 1, 0)
         while forwarded < len(signals.received):
             sig = signals.received[forwarded]
             forwarded += 1
@@ -406,7 +476,11 @@ def _watch(gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any) -> Launc
                     f"{gang.labels[i]} failed ({_describe(code)}); stopping the other "
                     f"{'processes' if cfg.servers else 'workers'}"
                 )
+                if group is not None and i < cfg.nproc:
+                    group.fail(attempt, {"rank": cfg.node_rank * cfg.nproc + i, "how": _describe(code)})
                 gang.stop(cfg.grace_period)
+                if i < cfg.nproc:
+                    say(root_cause(gang, i, code))
                 return _failure(gang, i, code)
         codes = all_codes[: cfg.nproc]
         if all(c is not None for c in codes):
@@ -438,3 +512,30 @@ def _stop_servers(gang: _Gang, cfg: LaunchConfig) -> None:
         time.sleep(0.02)
     if gang.alive():
         gang.stop(cfg.grace_period)
+
+
+def root_cause(gang: _Gang, index: int, code: int) -> str:
+    """torchrun's kind of failure summary for worker `index`: rank, host, how it ended, when, its recorded error."""
+    import datetime as dt
+    import json
+
+    cfg = gang.cfg
+    proc = gang.procs[index]
+    lines = [
+        "root cause (first failed worker):",
+        f"  time       : {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"  host       : {socket.gethostname()}",
+        f"  rank       : {cfg.node_rank * cfg.nproc + index} (local_rank: {index}, node: {cfg.node_rank})",
+        f"  exitcode   : {_exit_code(code)} ({_describe(code)}, pid {proc.pid})",
+    ]
+    path = gang.error_files[index]
+    try:
+        recorded = json.loads(path.read_text())["message"]
+        message = recorded["message"] if isinstance(recorded, dict) else str(recorded)
+        lines.append(f"  error_file : {path}")
+        lines.append("  error      : " + message.strip().replace("\n", "\n               "))
+    except (OSError, ValueError, KeyError, TypeError):
+        lines.append(
+            "  error_file : <N/A> (decorate main with torch.distributed.elastic.multiprocessing.errors.record)"
+        )
+    return "\n".join(lines)
