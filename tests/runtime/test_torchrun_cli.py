@@ -141,7 +141,6 @@ TRAIN = ["--n", "128", "--batch-size", "8", "--epochs", "2", "--checkpoint-every
 
 def _two_nodes(tmp_path, *worker_args: str, extra: tuple[str, ...] = ()) -> list:
     """Start node 0 and node 1 (`corral run --nnodes 2`, one rank each) on loopback; wait for both."""
-
     port = free_port()
     procs = [
         subprocess.Popen(
@@ -160,7 +159,7 @@ def _two_nodes(tmp_path, *worker_args: str, extra: tuple[str, ...] = ()) -> list
                 *extra,
                 str(WORKERS / "trainer.py"),
                 *worker_args,
-            ),  # fmt: skip
+            ),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -176,8 +175,7 @@ def _two_nodes(tmp_path, *worker_args: str, extra: tuple[str, ...] = ()) -> list
     return results
 
 
-def _params(trace: dict):
-
+def _params(trace: dict) -> np.ndarray:
     return np.concatenate([np.asarray(p) for p in trace["params"]])
 
 
