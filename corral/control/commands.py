@@ -186,7 +186,26 @@ def server_command(
             help="Where state, logs and tokens live (default: CORRAL_HOME, else ~/.corral).", show_default=False
         ),
     ] = None,
-    executor: Annotated[str, typer.Option(help="Where jobs run: local (process gangs on this machine).")] = "local",
+    executor: Annotated[
+        str, typer.Option(help="Where jobs run: local (process gangs on this machine) or ray (a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str, typer.Option(help="--executor ray: the cluster, auto or HOST:PORT of its head.", metavar="ADDRESS")
+    ] = "auto",
+    checkpoint_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="--executor ray: where job checkpoints go, a shared path every node reaches (default: HOME/jobs).",
+            show_default=False,
+        ),
+    ] = None,
+    placement_timeout: Annotated[
+        float,
+        typer.Option(
+            help="--executor ray: seconds a gang may wait to be placed before it goes back to PENDING.",
+            metavar="SECONDS",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run the corral service: HTTP API, dashboard and scheduler loop, in the foreground."""
     import logging
@@ -205,6 +224,11 @@ def server_command(
 
     if executor not in executors.available():
         raise UserError(f"--executor: unknown executor {executor!r}; choose one of: {', '.join(executors.available())}")
+    _seconds("--placement-timeout", placement_timeout, positive=True)
+    if executor != "ray" and (ray_address != "auto" or checkpoint_root is not None):
+        raise UserError("--ray-address and --checkpoint-root go with --executor ray")
+    if checkpoint_root is not None and checkpoint_root.exists() and not checkpoint_root.is_dir():
+        raise UserError(f"--checkpoint-root: {checkpoint_root} exists and is not a folder")
 
     from corral.control.server import check_port, serve
     from corral.control.service import Service, ServiceConfig
@@ -222,6 +246,9 @@ def server_command(
             round_seconds=round_s,
             grace=grace,
             executor=executor,
+            ray_address=ray_address,
+            checkpoint_root=checkpoint_root.expanduser().resolve() if checkpoint_root else None,
+            placement_timeout=placement_timeout,
         )
     )
     written = service.ensure_admin()

@@ -357,6 +357,13 @@ class Scheduler:
             self._finish(
                 s, job, JobState.FAILED, f"timed out after {job.run_time:.0f} s of running ({_how(outcome)})", now
             )
+        elif ending == Ending.UNPLACED:
+            # It never ran: back in the queue with the reason, no restart or loss counted.
+            self.store.transition(
+                s, job, JobState.PENDING, f"not placed: {outcome.detail}", now=now, data={"kind": "unplaced"}
+            )
+            self._clear_run(job)
+            job.reason = "PlacementTimeout"
         elif ending == Ending.LOST:
             # Not the job's fault (its node or the service went away): it resumes, no restart used.
             self.store.transition(

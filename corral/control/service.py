@@ -46,6 +46,9 @@ class ServiceConfig:
     round_seconds: float = 5.0
     grace: float = 10.0
     executor: str = "local"  # corral.control.executors.available()
+    ray_address: str = "auto"  # the ray executor's cluster: auto or HOST:PORT
+    checkpoint_root: Path | None = None  # the ray executor's checkpoints: a path every node reaches
+    placement_timeout: float = 30.0  # the ray executor: seconds a gang may wait to be placed
 
 
 class Service:
@@ -63,7 +66,14 @@ class Service:
         home = Path(config.home)
         home.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db or os.environ.get("CORRAL_DB") or f"sqlite:///{home / 'corral.db'}")
-        self.executor = executors.create(config.executor, home=home, devices=config.devices)
+        self.executor = executors.create(
+            config.executor,
+            home=home,
+            devices=config.devices,
+            ray_address=config.ray_address,
+            checkpoint_root=config.checkpoint_root,
+            placement_timeout=config.placement_timeout,
+        )
         self.scheduler = Scheduler(self.store, self.executor, policy, grace=config.grace)
         self.url: str | None = None  # set by the server once it listens; given to jobs for metrics
         self._wake = threading.Event()
@@ -131,6 +141,9 @@ class Service:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        close = getattr(self.executor, "close", None)
+        if close is not None:  # the ray executor disconnects its driver; its gangs keep running
+            close()
 
     def _loop(self) -> None:
         last = 0.0

@@ -2,7 +2,7 @@
 
 >>> from corral.control import executors
 >>> executors.available()
-['local']
+['local', 'ray']
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from corral.control.executors.base import Ending, Executor, RunHandle, RunOutcome
 from corral.errors import UserError
 
-_NAMES = ("local",)
+_NAMES = ("local", "ray")
 
 
 def available() -> list[str]:
@@ -20,12 +20,26 @@ def available() -> list[str]:
     return list(_NAMES)
 
 
-def create(name: str, *, home: Path, devices: int | None = None) -> Executor:
+def create(
+    name: str,
+    *,
+    home: Path,
+    devices: int | None = None,
+    ray_address: str = "auto",
+    checkpoint_root: Path | None = None,
+    placement_timeout: float = 30.0,
+) -> Executor:
     """A new executor by name; UserError names the choices for an unknown one."""
     if name == "local":
         from corral.control.executors.local import LocalExecutor, default_devices
 
         return LocalExecutor(devices or default_devices(), home)
+    if name == "ray":
+        from corral.control.executors.ray_executor import RayExecutor
+
+        return RayExecutor(
+            home, address=ray_address, checkpoint_root=checkpoint_root, placement_timeout=placement_timeout
+        )
     raise UserError(f"unknown executor {name!r}; choose one of: {', '.join(available())}")
 
 

@@ -36,6 +36,7 @@ class Ending(str, enum.Enum):
     KILLED = "killed"  # the executor killed it after the stop grace ran out
     FAILED = "failed"  # it exited by itself with a non-zero code
     LOST = "lost"  # the executor lost it (node gone, process vanished without a word)
+    UNPLACED = "unplaced"  # the executor could not place it in time (devices taken outside its view); never ran
 
 
 @dataclass(frozen=True)
