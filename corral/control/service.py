@@ -64,8 +64,7 @@ class Service:
         policy = policies.get(config.policy, placer=config.placer)
         self.config = config
         home = Path(config.home)
-        home.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.db or os.environ.get("CORRAL_DB") or f"sqlite:///{home / 'corral.db'}")
+        # The executor first: an unreachable cluster is refused before anything is written.
         self.executor = executors.create(
             config.executor,
             home=home,
@@ -74,6 +73,8 @@ class Service:
             checkpoint_root=config.checkpoint_root,
             placement_timeout=config.placement_timeout,
         )
+        home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.db or os.environ.get("CORRAL_DB") or f"sqlite:///{home / 'corral.db'}")
         self.scheduler = Scheduler(self.store, self.executor, policy, grace=config.grace)
         self.url: str | None = None  # set by the server once it listens; given to jobs for metrics
         self._wake = threading.Event()

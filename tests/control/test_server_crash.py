@@ -22,7 +22,7 @@ API = "/api/v1"
 
 
 def start_server(
-    home: Path, port: int, *options: str, devices: int = 3, round_s: float = 0.5
+    home: Path, port: int, *options: str, devices: int | None = 3, round_s: float = 0.5
 ) -> subprocess.Popen[bytes]:
     """`corral server` on `home` and `port` (more `options` after the usual ones), once it answers."""
     env = dict(os.environ, OMP_NUM_THREADS="1", CORRAL_HOME=str(home))
@@ -34,8 +34,7 @@ def start_server(
             str(home),
             "--port",
             str(port),
-            "--devices",
-            str(devices),
+            *(("--devices", str(devices)) if devices is not None else ()),
             "--round",
             str(round_s),
             "--grace",

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from corral.control.api.auth import Caller
 from corral.control.api.deps import API, MAX_LIMIT, ServiceDep
-from corral.control.api.models import ClusterOut, DeviceOut
+from corral.control.api.models import ClusterOut, DeviceOut, NodeOut
 from corral.control.states import JobState
 from corral.control.store import Job
 
@@ -40,6 +40,7 @@ def cluster(user: Caller, service: ServiceDep) -> ClusterOut:
         total=len(devices),
         used=len(owner),
         devices=devices,
+        nodes=[NodeOut(name=n.name, devices=n.num_devices, labels=dict(n.labels)) for n in view.nodes],
         policy=service.scheduler.policy.name,
         pending=pending,
         running=len(running),

@@ -109,12 +109,21 @@ class DeviceOut(BaseModel):
     user: str | None
 
 
+class NodeOut(BaseModel):
+    """One node of the cluster the executor sees: its name, device count and labels."""
+
+    name: str
+    devices: int
+    labels: dict[str, str]
+
+
 class ClusterOut(BaseModel):
     """Devices and what runs on them."""
 
     total: int
     used: int
     devices: list[DeviceOut]
+    nodes: list[NodeOut] = []
     policy: str
     pending: int
     running: int
