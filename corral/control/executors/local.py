@@ -14,13 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from corral.control.executors.base import Ending, RunHandle, RunOutcome
+from corral.control.executors.logs import HomeLogs
 from corral.runtime import env as runtime_env
 from corral.runtime.launch import entrypoint_args
 from corral.sched.types import Allocation, ClusterView, Node
@@ -52,7 +52,7 @@ class _Run:
     outcome: RunOutcome | None = None  # set once it ended, until released
 
 
-class LocalExecutor:
+class LocalExecutor(HomeLogs):
     """Runs each job as `corral run` on this machine; devices are slots handed out by CUDA_VISIBLE_DEVICES."""
 
     name = "local"
@@ -64,14 +64,6 @@ class LocalExecutor:
 
     # -- where things live ---------------------------------------------------------
 
-    def job_dir(self, job_id: int) -> Path:
-        """Where a job's logs, checkpoints and exit files live."""
-        return self.home / "jobs" / str(job_id)
-
-    def log_dir(self, job_id: int) -> Path:
-        """Per-rank logs of a job (appended across runs)."""
-        return self.job_dir(job_id) / "logs"
-
     def checkpoint_dir(self, job_id: int) -> Path:
         """The CORRAL_CHECKPOINT_DIR of a job: kept across preemptions, so it resumes."""
         return self.job_dir(job_id) / "checkpoint"
@@ -79,25 +71,6 @@ class LocalExecutor:
     def checkpoint_location(self, job_id: int) -> str:
         """Where a job's checkpoints live (a local folder)."""
         return str(self.checkpoint_dir(job_id))
-
-    def read_log(self, job_id: int, rank: int | None, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        """A job's output from byte `offset`: the launcher's (every rank, prefixed) or one rank's."""
-        path = self.job_dir(job_id) / "launcher.log" if rank is None else self.log_dir(job_id) / f"rank-{rank}.log"
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(limit)
-        except OSError:
-            return b""
-
-    def log_tail(self, job_id: int, lines: int = 5) -> str:
-        """The last `lines` lines of the launcher's log."""
-        try:
-            with open(self.job_dir(job_id) / "launcher.log", "rb") as f:
-                tail = deque(f, maxlen=lines)
-        except OSError:
-            return ""
-        return b"".join(tail).decode(errors="replace").strip()
 
     def _file(self, job_id: int, attempt: int, kind: str) -> Path:
         return self.job_dir(job_id) / f"attempt-{attempt}.{kind}"

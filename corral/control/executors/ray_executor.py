@@ -24,12 +24,12 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from corral.control.executors.base import Ending, RunHandle, RunOutcome
+from corral.control.executors.logs import HomeLogs
 from corral.errors import UserError
 from corral.runtime import env as runtime_env
 from corral.runtime.launch import entrypoint_args
@@ -116,7 +116,7 @@ class _Gang:
     next_logs: float = 0.0
 
 
-class RayExecutor:
+class RayExecutor(HomeLogs):
     """Runs each job as a gang of rank actors in a placement group on a Ray cluster."""
 
     name = "ray"
@@ -187,11 +187,14 @@ class RayExecutor:
         nodes.sort(key=lambda n: n.name)
         self._nodes, self._dead_nodes, self._nodes_at = nodes, dead, time.monotonic()
 
-    def cluster(self) -> ClusterView:
-        """Ray's alive nodes with GPUs (or `slot`s), named by their `corral/name` label or node id."""
+    def _refresh_if_stale(self) -> None:
         if time.monotonic() - self._nodes_at > NODES_S:
             with self.lock:
                 self._refresh_nodes()
+
+    def cluster(self) -> ClusterView:
+        """Ray's alive nodes with GPUs (or `slot`s), named by their `corral/name` label or node id."""
+        self._refresh_if_stale()
         return ClusterView(tuple(Node(n.name, n.devices, n.labels) for n in self._nodes))
 
     def _node(self, name: str) -> _RayNode:
@@ -202,40 +205,17 @@ class RayExecutor:
 
     # -- where things live ------------------------------------------------------------
 
-    def job_dir(self, job_id: int) -> Path:
-        """Where a job's merged and per-rank logs are kept (in the service's home)."""
-        return self.home / "jobs" / str(job_id)
-
-    def log_dir(self, job_id: int) -> Path:
-        """Per-rank logs of a job (appended across runs)."""
-        return self.job_dir(job_id) / "logs"
-
     def checkpoint_location(self, job_id: int) -> str:
         """The job's CORRAL_CHECKPOINT_DIR under the checkpoint root (a path every node must reach)."""
         return str(self.checkpoint_root / str(job_id) / "checkpoint")
 
-    def read_log(self, job_id: int, rank: int | None, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        """A job's output from byte `offset`: every rank prefixed (rank None) or one rank's."""
-        path = self.job_dir(job_id) / "launcher.log" if rank is None else self.log_dir(job_id) / f"rank-{rank}.log"
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(limit)
-        except OSError:
-            return b""
-
     def log_tail(self, job_id: int, lines: int = 5) -> str:
-        """The last `lines` lines of the job's merged output."""
+        """The last `lines` lines of the job's merged output, with what its ranks printed until now."""
         with self.lock:
             gang = self.gangs.get(job_id)
             if gang is not None:
                 self._copy_logs(gang)
-        try:
-            with open(self.job_dir(job_id) / "launcher.log", "rb") as f:
-                tail = deque(f, maxlen=lines)
-        except OSError:
-            return ""
-        return b"".join(tail).decode(errors="replace").strip()
+        return super().log_tail(job_id, lines)
 
     def _say(self, job_id: int, text: str) -> None:
         self.log_dir(job_id).mkdir(parents=True, exist_ok=True)
@@ -261,9 +241,8 @@ class RayExecutor:
         from corral.control.executors.rank_actor import RankActor
 
         cmd = worker_command(argv)
+        self._refresh_if_stale()
         with self.lock:
-            if time.monotonic() - self._nodes_at > NODES_S:
-                self._refresh_nodes()
             nodes = [self._node(name) for name, _ in allocation.slots]
         # Ranks in node order, as torchrun numbers them: node i's ranks follow node i-1's.
         ranks: list[tuple[_RayNode, int, int, int]] = []  # (node, device id, local rank, group rank)
@@ -367,7 +346,7 @@ class RayExecutor:
             if gang is None or gang.outcome is not None or gang.stop_asked:
                 return
             gang.stop_asked = True
-            deadline = gang.kill_at if gang.kill_at is not None else time.time() + grace
+            deadline = time.time() + grace
             gang.kill_at = deadline
             self._signal_all(gang, signal.SIGTERM, deadline)
 
@@ -381,9 +360,8 @@ class RayExecutor:
     def _monitor(self) -> None:
         while not self._stop.wait(MONITOR_S):
             try:
+                self._refresh_if_stale()
                 with self.lock:
-                    if time.monotonic() - self._nodes_at > NODES_S:
-                        self._refresh_nodes()
                     for gang in list(self.gangs.values()):
                         if gang.outcome is None:
                             self._check(gang)
@@ -651,19 +629,15 @@ class RayExecutor:
 
     def find(self, job_id: int, attempt: int) -> RunHandle | None:
         """The run of (job, attempt) from its named actors, if it was started."""
-        ray = self.ray
-        try:
-            first = ray.get_actor(actor_name(job_id, attempt, 0), namespace=NAMESPACE)
-        except ValueError:
-            return None
         world = 0
         while True:
             try:
-                ray.get_actor(actor_name(job_id, attempt, world), namespace=NAMESPACE)
+                self.ray.get_actor(actor_name(job_id, attempt, world), namespace=NAMESPACE)
             except ValueError:
                 break
             world += 1
-        del first
+        if world == 0:
+            return None
         return RunHandle(job_id, attempt, f"ray:{world}") if self._adopt(job_id, attempt, world) else None
 
     def running(self) -> list[int]:
