@@ -102,6 +102,36 @@ def test_failed_rank_stops_the_gang_at_once(executor: RayExecutor, tmp_path: Pat
     assert "rank 1 gives up" in executor.log_tail(3, 10)
 
 
+def test_dead_rank_actor_is_lost_and_its_node_left_out_until_it_answers(executor: RayExecutor, tmp_path: Path) -> None:
+    """A rank actor SIGKILLed on a healthy node: LOST naming the node, which is out of the cluster until a probe runs.
+
+    On a lost node the actors die seconds before Ray's health check marks the node dead; without the
+    quarantine the next round placed the job on the same node again and waited out the placement timeout.
+    """
+    import os
+    import signal
+
+    import ray
+
+    script = tmp_path / "sleep.py"
+    script.write_text("import time\nprint('up', flush=True)\ntime.sleep(120)\n")
+    executor.start(7, 1, ["python", str(script)], Allocation.of({"n0": [0], "n1": [0]}), env={}, workdir=None)
+    deadline = time.monotonic() + 60
+    while "up" not in executor.read_log(7, 1).decode() and time.monotonic() < deadline:
+        executor.log_tail(7)  # copies rank output into the home
+        time.sleep(0.2)
+    pid = ray.get(executor.gangs[7].actors[1].node.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    outcome = wait_outcome(executor, 7, timeout=60)
+    assert outcome.ending == Ending.LOST and "n1" in outcome.detail, outcome
+    assert "n1" not in [n.name for n in executor.cluster().nodes]
+    executor.release(outcome.handle)
+    deadline = time.monotonic() + 60
+    while "n1" not in [n.name for n in executor.cluster().nodes] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [n.name for n in executor.cluster().nodes] == ["n0", "n1", "n2"]
+
+
 def test_stop_preempts_every_rank(executor: RayExecutor, tmp_path: Path) -> None:
     """SIGTERM to the gang: the Job API checkpoints on every rank and exits 75 -> PREEMPTED."""
     out = tmp_path / "out"

@@ -45,6 +45,7 @@ NODES_S = 1.0  # how often the node list is read from Ray's control store
 LOGS_S = 0.5  # how often rank output is copied into the service's home
 PING_S = 2.0  # a rank actor that does not answer within this is on a lost node
 ESCALATE_S = 2.0  # after the grace, SIGKILL; the run is KILLED
+SUSPECT_S = 60.0  # the longest a node whose rank actor died is left out before it is trusted again
 PYTHON = "<python>"  # in a rank's command: the python the rank's actor runs on
 
 
@@ -58,6 +59,11 @@ def _ray() -> Any:
             "the ray executor needs Ray, which is not installed: pip install 'corral[ray]' (or 'ray[default]')"
         ) from None
     return ray
+
+
+def _alive() -> bool:
+    """A task pinned to a suspect node: that it ran at all says the node is alive."""
+    return True
 
 
 def _check_reachable(address: str) -> None:
@@ -155,6 +161,10 @@ class RayExecutor(HomeLogs):
         self.lock = threading.RLock()
         self._nodes: list[_RayNode] = []
         self._dead_nodes: set[str] = set()
+        # Node id -> (probe ref, trusted-again-at): nodes where a rank actor died and Ray has not yet
+        # said whether the node itself is gone. Actors on a lost node die seconds before its health
+        # check fails; placing there again would only wait for the placement timeout.
+        self._suspect: dict[str, tuple[Any, float]] = {}
         self._nodes_at = 0.0
         self._attention = threading.Event()
         self._stop = threading.Event()
@@ -186,6 +196,27 @@ class RayExecutor(HomeLogs):
             )
         nodes.sort(key=lambda n: n.name)
         self._nodes, self._dead_nodes, self._nodes_at = nodes, dead, time.monotonic()
+        self._settle_suspects()
+
+    def _suspect_node(self, node_id: str) -> None:
+        """Leave `node_id` out of the cluster until a task pinned to it runs (alive) or Ray marks it dead."""
+        if node_id in self._suspect or node_id in self._dead_nodes:
+            return
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        probe = (
+            self.ray.remote(_alive)
+            .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False), num_cpus=0)
+            .remote()
+        )
+        self._suspect[node_id] = (probe, time.monotonic() + SUSPECT_S)
+
+    def _settle_suspects(self) -> None:
+        """Trust a suspect node again once its probe ran; forget it once Ray marks it dead."""
+        for node_id, (probe, until) in list(self._suspect.items()):
+            ready, _ = self.ray.wait([probe], timeout=0)
+            if node_id in self._dead_nodes or ready or time.monotonic() >= until:
+                del self._suspect[node_id]
 
     def _refresh_if_stale(self) -> None:
         if time.monotonic() - self._nodes_at > NODES_S:
@@ -195,7 +226,9 @@ class RayExecutor(HomeLogs):
     def cluster(self) -> ClusterView:
         """Ray's alive nodes with GPUs (or `slot`s), named by their `corral/name` label or node id."""
         self._refresh_if_stale()
-        return ClusterView(tuple(Node(n.name, n.devices, n.labels) for n in self._nodes))
+        return ClusterView(
+            tuple(Node(n.name, n.devices, n.labels) for n in self._nodes if n.node_id not in self._suspect)
+        )
 
     def _node(self, name: str) -> _RayNode:
         for n in self._nodes:
@@ -394,13 +427,21 @@ class RayExecutor(HomeLogs):
                     gang.status[rank] = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     gang.dead[rank] = type(exc).__name__
+        if gang.dead:
+            self._refresh_nodes()  # an actor died: read Ray's verdict on its node now, not in NODES_S
         lost_nodes = {gang.node_names[r] for r, nid in enumerate(gang.node_ids) if nid in self._dead_nodes}
         if lost_nodes or gang.dead:
             self._kill(gang)
             what = f"node {', '.join(sorted(lost_nodes))} lost" if lost_nodes else ""
-            if gang.dead:
-                ranks = ", ".join(str(r) for r in sorted(gang.dead))
-                what = what or f"the actor of rank {ranks} died ({next(iter(gang.dead.values()))})"
+            if gang.dead and not what:
+                ranks = sorted(gang.dead)
+                where = sorted({gang.node_names[r] for r in ranks})
+                for r in ranks:
+                    self._suspect_node(gang.node_ids[r])
+                what = (
+                    f"the actor of rank {', '.join(map(str, ranks))} on node {', '.join(where)} died "
+                    f"({next(iter(gang.dead.values()))}); the node is left out until Ray says it is alive"
+                )
             self._end(gang, Ending.LOST, None, what)
             return
         codes = {r: s["code"] for r, s in gang.status.items()}
@@ -410,7 +451,15 @@ class RayExecutor(HomeLogs):
             self._kill(gang)
             gone = self._unreachable(gang)
             if gone:
-                self._end(gang, Ending.LOST, None, f"rank {', '.join(map(str, gone))} unreachable (node lost)")
+                where = sorted({gang.node_names[r] for r in gone})
+                for r in gone:
+                    self._suspect_node(gang.node_ids[r])
+                self._end(
+                    gang,
+                    Ending.LOST,
+                    None,
+                    f"rank {', '.join(map(str, gone))} on node {', '.join(where)} unreachable (node lost)",
+                )
                 return
             first = min(failed, key=lambda r: gang.status[r].get("ended_at") or now)
             self._say(gang.handle.job_id, f"rank {first} failed (exit code {failed[first]}); the gang was stopped")
