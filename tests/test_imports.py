@@ -271,3 +271,36 @@ def test_tarjan_finds_every_cycle_and_nothing_else() -> None:
     assert sorted(comps) == [["a", "b", "c"], ["d", "e"]]
     cycle = _cycle_in(["a", "b", "c"], edges)
     assert [(e.src, e.dst) for e in cycle] == [("a", "b"), ("b", "c"), ("c", "a")]
+
+
+# -- the strategy seam: strategies and their loaders use the Job's public API only ----------------
+
+STRATEGY_MODULES = sorted(
+    [*(PACKAGE_DIR / "runtime" / "strategies").glob("*.py"), *(PACKAGE_DIR / "runtime" / "ps").glob("*.py")]
+)
+JOB_NAMES = frozenset({"job", "_job"})  # how strategies and loaders hold the Job
+
+
+def _private_job_uses(path: Path) -> list[str]:
+    """`job._x` / `self.job._x` / `self._job._x` in a module: a private Job name reached from outside."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+            continue
+        holder = node.value
+        name = holder.id if isinstance(holder, ast.Name) else holder.attr if isinstance(holder, ast.Attribute) else ""
+        if name in JOB_NAMES:
+            found.append(f"{path.name}:{node.lineno} {name}.{node.attr}")
+    return found
+
+
+def test_strategies_use_no_private_job_name() -> None:
+    assert len(STRATEGY_MODULES) >= 8  # ddp, pipeline, base, optim_state, the ps package
+    used = [use for path in STRATEGY_MODULES for use in _private_job_uses(path)]
+    assert used == []
+
+
+def test_the_private_name_check_finds_one(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(job, self):\n    job._history\n    self.job._loader\n    self._job._micro\n    job.history\n")
+    assert _private_job_uses(bad) == ["bad.py:2 job._history", "bad.py:3 job._loader", "bad.py:4 _job._micro"]

@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import random
 import signal
 import sys
 import time
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -35,7 +33,7 @@ from corral.errors import UserError
 from corral.runtime import checkpoint as ckpt
 from corral.runtime import env
 from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE
-from corral.runtime.loader import ShardedLoader
+from corral.runtime.loader import ShardedLoader, first_batch
 from corral.runtime.partition import (
     Segment,
     check_partition,
@@ -43,16 +41,12 @@ from corral.runtime.partition import (
     history_to_state,
 )
 from corral.runtime.report import Reporter
-from corral.runtime.strategies import STRATEGIES, Strategy, get_strategy
+from corral.runtime.rng import restore_rng, rng_state, seed_everything
+from corral.runtime.strategies import STRATEGIES, Context, MicroStep, Strategy, get_strategy
+from corral.runtime.throughput import ReportWindow
+from corral.runtime.vote import StopVote
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-# Ranks agree on a SIGTERM about this often (seconds of training between votes);
-# a vote is an all-reduce, too costly on every step of a small model.
-VOTE_PERIOD_S = 0.25
-VOTE_MAX_INTERVAL = 1000
-# Rank 0 reports step time, samples/s and progress to the service about this often
-# (seconds of training, timed locally: no collective).
-REPORT_PERIOD_S = 2.0
 
 
 def _user_error_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,37 +121,33 @@ class Job:
         self.state: dict[str, Any] = {}
         self.stats = StepStats(started=time.perf_counter())
         self.restored_from: int | None = None  # optimizer step of the checkpoint we resumed from
-        self._history: tuple[Segment, ...] = ()
-        self._micro = 0
+        self.history: tuple[Segment, ...] = ()  # parts of the current epoch consumed by earlier runs
+        self.loader: ShardedLoader | None = None
+        self.micro_step = 0  # micro-steps taken in the current accumulation window
         self._sync_ctx: contextlib.ExitStack | None = None
         self._boundary_next = True
         self._from_loader = False  # the current micro-step's batch came from our loader
-        self._loader: ShardedLoader | None = None
         self._model: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._scaler: torch.amp.GradScaler | None = None
-        self._stop_requested = False
-        self._stop_flag: torch.Tensor | None = None
-        self._ctrl_group: Any = None
-        self._stop_work: Any = None
-        self._next_vote_step = 0
+        self._vote: StopVote | None = None
         self._epochs_total: int | None = None
         self._last_boundary = time.perf_counter()
         self._straggle = env.straggler_factor(self.rank)
         self._straggle_from = self._last_boundary
 
         # The strategy checks its options before any process group starts.
-        self.strategy: Strategy = get_strategy(
-            strategy, world_size=self.world_size, device=self.device, **strategy_options
-        )
+        ctx = Context(self.rank, self.world_size, self.local_rank, self.device, precision, grad_accum, seed)
+        self.strategy: Strategy = get_strategy(strategy, ctx, **strategy_options)
         self._init_process_group()
-        _seed_everything(seed)
+        self._vote = StopVote(self.distributed)
+        seed_everything(seed)
         self._payload = ckpt.load(ckpt.checkpoint_path(self.checkpoint_dir)) if self.checkpoint_dir else None
         if self._payload is not None:
             self.step_count = int(self._payload["step"])
             self.epoch = int(self._payload["epoch"])
             self.state = dict(self._payload.get("state", {}))
-            self._history = history_from_state(self._payload["sampler"]["history"])
+            self.history = history_from_state(self._payload["sampler"]["history"])
             self.restored_from = self.step_count
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         with contextlib.suppress(ValueError):  # not the main thread: no handler, no preemption
@@ -165,7 +155,7 @@ class Job:
         # Under the service, rank 0 reports metrics from a background thread; otherwise
         # there is no reporter and the loop pays one `is None` check per optimizer step.
         self._reporter: Reporter | None = Reporter.from_env() if self.is_main else None
-        self._reset_report_window()
+        self._window = ReportWindow()
         self._reported_progress: float | None = None
 
     # -- set-up -------------------------------------------------------------
@@ -187,16 +177,26 @@ class Job:
         with contextlib.suppress(ImportError):
             import torch.distributed.nn.functional  # noqa: F401
         dist.init_process_group(backend, timeout=dt.timedelta(minutes=10))
-        if self.world_size > 1:
-            # A second gloo group carries the preemption vote asynchronously,
-            # so it never queues behind the gradient all-reduces.
-            self._ctrl_group = dist.new_group(backend="gloo")
-            self._stop_flag = torch.zeros(2)
 
     @property
     def distributed(self) -> bool:
         """True when a process group with more than one rank is running."""
         return dist.is_initialized() and self.world_size > 1
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's data-parallel replica: which share of each global batch its loader yields."""
+        return self.strategy.dp_rank
+
+    @property
+    def dp_size(self) -> int:
+        """The number of data-parallel replicas that split each global batch."""
+        return self.strategy.dp_size
+
+    @property
+    def stop_requested(self) -> bool:
+        """This rank was asked to stop (SIGTERM); the ranks agree on when at the next vote."""
+        return self._vote is not None and self._vote.requested
 
     def prepare(
         self,
@@ -213,13 +213,13 @@ class Job:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         num_workers: int = 0,
     ) -> tuple[nn.Module, torch.optim.Optimizer, ShardedLoader]:
-        """Move and wrap the model for the strategy, restore a checkpoint, and build this rank's loader.
+        """Move and wrap (or split) the model for the strategy, restore a checkpoint, and build this rank's loader.
 
         Args:
             model: the user's module (constructed identically on every rank).
             optimizer: an optimizer over `model.parameters()`.
             dataset: a map-style dataset (len and integer indexing).
-            batch_size: samples per worker per micro-step.
+            batch_size: samples per data-parallel replica per micro-step.
             partition: "strided", "range", "hash" or "balanced" (needs `costs`).
         Returns:
             (model, optimizer, loader) in the order given; iterate the loader once per epoch.
@@ -228,9 +228,6 @@ class Job:
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         model.to(self.device)
-        if self._payload is not None:
-            self.strategy.load_state_dict(model, self._payload["model"])
-            optimizer.load_state_dict(self._payload["optimizer"])
         if self.precision == "bf16":
             # Patch forward (as Accelerate does) so the user's own forward call autocasts.
             model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
@@ -239,10 +236,14 @@ class Job:
             self._scaler = torch.amp.GradScaler(self.device.type)
             if self._payload is not None and "scaler" in self._payload:
                 self._scaler.load_state_dict(self._payload["scaler"])
-        self._model = self.strategy.wrap_model(model)
+        self._model = self.strategy.prepare(
+            model, optimizer, lambda: first_batch(dataset, batch_size, collate_fn, self.device)
+        )
+        if self._payload is not None:
+            self.strategy.load_state(self._model, optimizer, self._payload["model"], self._payload["optimizer"])
         self._optimizer = optimizer
         self.strategy.attach(self, self._model, optimizer)
-        self._loader = (self.strategy.loader_class or ShardedLoader)(
+        loader = (self.strategy.loader_class or ShardedLoader)(
             self,
             dataset,
             batch_size,
@@ -254,12 +255,13 @@ class Job:
             collate_fn=collate_fn,
             num_workers=num_workers,
         )
+        self.loader = loader
         if self._payload is not None:
-            _restore_rng(self._payload.get("rng", []), self.rank)
+            restore_rng(self._payload.get("rng", []), self.rank)
             self._payload = None  # free the memory; everything is restored
         self._straggle_from = time.perf_counter()  # a straggler's first step excludes the set-up
-        self._reset_report_window()  # nor does the first reported step time
-        return self._model, optimizer, self._loader
+        self._window.reset(self.step_count, self.stats.samples)  # nor does the first reported step time
+        return self._model, optimizer, loader
 
     # -- the loop -----------------------------------------------------------
 
@@ -272,14 +274,19 @@ class Job:
             yield self.epoch
             self._flush_accumulation()
             self.epoch += 1
-            self._history = ()
+            self.history = ()
             if self.checkpoint_dir is not None:
                 self.save()
 
-    def _begin_micro_step(self, *, last_of_epoch: bool) -> None:
+    def use_loader(self, loader: ShardedLoader) -> None:
+        """Called by a loader as an epoch's iteration starts: its position is what checkpoints record."""
+        self.loader = loader
+        self._straggle_from = time.perf_counter()  # a straggler's step time excludes what ran between epochs
+
+    def begin_micro_step(self, *, last_of_epoch: bool) -> None:
         """Called by the loader before it yields a batch: open no_sync unless this micro-step syncs."""
-        self._end_micro_step_context()
-        boundary = (self._micro + 1) % self.grad_accum == 0 or last_of_epoch
+        self.end_micro_step()
+        boundary = (self.micro_step + 1) % self.grad_accum == 0 or last_of_epoch
         self._boundary_next = boundary
         self._from_loader = True
         if not boundary and self._model is not None:
@@ -288,38 +295,60 @@ class Job:
             self._sync_ctx = contextlib.ExitStack()
             self._sync_ctx.enter_context(self.strategy.no_sync(self._model))
 
-    def _end_micro_step_context(self) -> None:
+    def end_micro_step(self) -> None:
+        """Close the micro-step's no_sync context, if one is open."""
         if self._sync_ctx is not None:
             self._sync_ctx.close()
             self._sync_ctx = None
 
-    def step(self, loss: torch.Tensor) -> None:
-        """Backward `loss` scaled by 1/grad_accum; on an accumulation boundary sync, clip, step, zero, checkpoint."""
+    def step(
+        self,
+        loss: torch.Tensor | None = None,
+        *,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        inputs: Any = None,
+        target: Any = None,
+    ) -> torch.Tensor:
+        """Backward one micro-step; on an accumulation boundary sync, clip, step, zero and checkpoint.
+
+        Either `job.step(loss)` with a loss computed by the user, or
+        `job.step(loss_fn=F.cross_entropy, inputs=x, target=y)`, which runs the
+        forward too: the form every strategy takes (a pipeline runs its
+        schedule over the stages). Returns the micro-step's loss, detached, on
+        every rank.
+        """
         if self._optimizer is None or self._model is None:
-            raise UserError("call job.prepare(model, optimizer, dataset, ...) before job.step(loss)")
+            raise UserError("call job.prepare(model, optimizer, dataset, ...) before job.step(...)")
+        if (loss is None) == (loss_fn is None):
+            raise UserError("job.step takes a loss, or loss_fn= with inputs= and target=, not both")
         # Without our loader there is no look-ahead: every grad_accum-th call syncs.
-        boundary = self._boundary_next if self._from_loader else (self._micro + 1) % self.grad_accum == 0
-        scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
-        (self._scaler.scale(scaled) if self._scaler else scaled).backward()
-        self._end_micro_step_context()
-        if self._from_loader and self._loader is not None:
-            self.stats.samples += self._loader.batch_size * self.world_size
+        boundary = self._boundary_next if self._from_loader else (self.micro_step + 1) % self.grad_accum == 0
+        out = self.strategy.forward_backward(self._model, MicroStep(loss, loss_fn, inputs, target), self._backward)
+        self.end_micro_step()
+        if self._from_loader and self.loader is not None:
+            self.stats.samples += self.loader.batch_size * self.dp_size
         self._from_loader = False
-        self._micro += 1
+        self.micro_step += 1
         if boundary:
             self._optimizer_step()
+        return out
+
+    def predict(self, inputs: Any) -> Any:
+        """The model's output for `inputs`, without gradients, on every rank (a pipeline runs every stage)."""
+        if self._model is None:
+            raise UserError("call job.prepare(model, optimizer, dataset, ...) before job.predict(inputs)")
+        return self.strategy.predict(self._model, inputs)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
+        (self._scaler.scale(scaled) if self._scaler else scaled).backward()
 
     def _flush_accumulation(self) -> None:
         """An epoch ended mid-accumulation (the user skipped batches): apply what was accumulated."""
-        self._end_micro_step_context()
-        if self._micro == 0 or self._optimizer is None or self._model is None:
+        self.end_micro_step()
+        if self.micro_step == 0 or self._optimizer is None or self._model is None:
             return
-        if self.distributed and self.strategy.syncs_in_backward:
-            # These micro-steps ran under no_sync(): average their gradients by hand.
-            for p in self._model.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world_size
+        self.strategy.reduce_accumulated(self._model)
         self._optimizer_step()
 
     def _optimizer_step(self) -> None:
@@ -328,27 +357,27 @@ class Job:
         if self._scaler is not None:
             self._scaler.unscale_(opt)
         if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.max_grad_norm)
+            self.strategy.clip_grad_norm(self._model, self.max_grad_norm)
         if self._scaler is not None:
             self._scaler.step(opt)
             self._scaler.update()
         else:
             self.strategy.optimizer_step(opt)
         opt.zero_grad(set_to_none=True)
-        self._micro = 0
+        self.micro_step = 0
         self.step_count += 1
-        if self._loader is not None:
+        if self.loader is not None:
             # Everything yielded so far is now inside the model's weights.
-            self._loader.batches_done = self._loader.yielded
+            self.loader.batches_done = self.loader.yielded
         self._straggler_delay()
-        if self._reporter is not None and self._last_boundary >= self._report_due:
+        if self._reporter is not None and self._last_boundary >= self._window.due:
             self._report_throughput()
         if not self.strategy.lockstep:
             return  # asynchronous workers checkpoint and stop together where their loader syncs them
         if self.checkpoint_every and self.step_count % self.checkpoint_every == 0 and self.checkpoint_dir:
             self.save()
-        if self._should_stop():
-            self._exit_preempted()
+        if self._vote is not None and self._vote.should_stop(self.step_count, self.stats.last_step_s):
+            self.exit_preempted()
 
     def _straggler_delay(self) -> None:
         now = time.perf_counter()
@@ -363,39 +392,11 @@ class Job:
     # -- preemption ---------------------------------------------------------
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
+        if self._vote is not None:
+            self._vote.requested = True
 
-    def _should_stop(self) -> bool:
-        """Agree across ranks whether to stop, without a collective on every step.
-
-        Ranks vote with one small asynchronous all-reduce (MAX over [stop, -interval]):
-        it carries the stop flag and each rank's proposal for how many steps to wait
-        before the next vote, about VOTE_PERIOD_S of work. All ranks read the result
-        at the same later step, so they stop at the same step and checkpoint together.
-        """
-        if not self.distributed or self._stop_flag is None:
-            return self._stop_requested
-        if self.step_count < self._next_vote_step:
-            return False
-        decided = False
-        interval = 1
-        if self._stop_work is not None:
-            self._stop_work.wait()
-            decided = bool(self._stop_flag[0].item() > 0)
-            interval = int(-self._stop_flag[1].item())
-            self._stop_work = None
-        if not decided:
-            step_s = max(self.stats.last_step_s, 1e-6)
-            proposal = max(1, min(VOTE_MAX_INTERVAL, int(VOTE_PERIOD_S / step_s)))
-            self._stop_flag[0] = 1.0 if self._stop_requested else 0.0
-            self._stop_flag[1] = -float(proposal)
-            self._stop_work = dist.all_reduce(
-                self._stop_flag, op=dist.ReduceOp.MAX, group=self._ctrl_group, async_op=True
-            )
-        self._next_vote_step = self.step_count + interval
-        return decided
-
-    def _exit_preempted(self) -> None:
+    def exit_preempted(self) -> None:
+        """Save a checkpoint and leave with the preempted exit code (75); every rank calls it at the same step."""
         if self.checkpoint_dir is not None:
             self.save()
         if self.is_main:
@@ -415,25 +416,29 @@ class Job:
         """Write a checkpoint (every rank must call it; rank 0 writes the file atomically)."""
         if self.checkpoint_dir is None or self._model is None or self._optimizer is None:
             return
-        rng = _rng_state()
+        rng = rng_state()
         if self.distributed:
             states: list[Any] = [None] * self.world_size
             dist.all_gather_object(states, rng)
         else:
             states = [rng]
+        gathered = self.strategy.gather_state(self._model, self._optimizer)
         if self.is_main:
-            history = self._history
-            if self._loader is not None and self._loader._plan is not None and self._loader.batches_done:
-                history = history + (self._loader.segment(),)
+            assert gathered is not None, "the strategy's gather_state returns the state on rank 0"
+            model_state, optim = gathered
+            history = self.history
+            if self.loader is not None and self.loader.batches_done:
+                history = history + (self.loader.segment(),)
             payload = {
                 "step": self.step_count,
                 "epoch": self.epoch,
-                "model": self.strategy.state_dict(self._model),
-                "optimizer": self.strategy.optimizer_state_dict(self._optimizer),
+                "model": model_state,
+                "optimizer": optim,
                 "sampler": {"history": history_to_state(history)},
                 "rng": states,
                 "state": self.state,
                 "world_size": self.world_size,
+                "strategy": self.strategy.name,
                 "saved_at": time.time(),
             }
             if self._scaler is not None:
@@ -472,41 +477,30 @@ class Job:
             self.save()
         if self.distributed:
             # Nobody tears down gloo while a peer may still talk to it (that aborts the peer).
-            self._wait_vote()
+            if self._vote is not None:
+                self._vote.wait()
             dist.barrier()
         self._teardown()
 
     # -- reporting to the service (rank 0 under the service only) ------------
 
-    def _reset_report_window(self) -> None:
-        self._report_from = time.perf_counter()
-        self._report_due = self._report_from + REPORT_PERIOD_S
-        self._report_step = self.step_count
-        self._report_samples = self.stats.samples
-
     def _report_throughput(self) -> None:
         """Queue step_time, samples_per_s (all ranks) and progress since the last report."""
         assert self._reporter is not None
-        values: dict[str, float] = {}
-        steps = self.step_count - self._report_step
         # Up to the last optimizer step: the final report leaves out what finish() costs.
-        elapsed = self._last_boundary - self._report_from
-        if steps > 0 and elapsed > 0:
-            values["step_time"] = elapsed / steps
-            # Every rank runs the same batches, so rank 0's rate times the world size is the job's.
-            values["samples_per_s"] = (self.stats.samples - self._report_samples) / elapsed
+        values = self._window.rates(self.step_count, self.stats.samples, self._last_boundary)
+        if values and self.loader is not None:
             # The configuration the step time belongs to: the service fits each job's
             # throughput model (corral.sched.goodput) keyed by nodes, replicas and local batch.
-            if self._loader is not None:
-                values["replicas"] = float(self.world_size)
-                values["local_batch"] = float(self._loader.batch_size)
-                values["nodes"] = float(env.num_nodes())
+            values["replicas"] = float(self.dp_size)
+            values["local_batch"] = float(self.loader.batch_size)
+            values["nodes"] = float(env.num_nodes())
         progress = self._progress()
         if progress is not None and progress != self._reported_progress:
             values["progress"] = self._reported_progress = progress
         if values:
             self._reporter.report(self.step_count, values)
-        self._reset_report_window()
+        self._window.reset(self.step_count, self.stats.samples)
 
     def _progress(self) -> float | None:
         """Fraction of job.epochs(n) done, within the epoch by the loader's position; None before epochs()."""
@@ -515,13 +509,7 @@ class Job:
             return None
         if n == 0 or self.epoch >= n:
             return 1.0
-        within = 0.0
-        loader = self._loader
-        plan = loader._plan if loader is not None else None
-        if loader is not None and plan is not None and plan.epoch == self.epoch and plan.num_batches and plan.n:
-            # The plan covers what earlier segments of this epoch left (after a resume): count both.
-            left = len(plan.pool)
-            within = (plan.n - left + left * min(1.0, loader.batches_done / plan.num_batches)) / plan.n
+        within = self.loader.fraction_done(self.epoch) if self.loader is not None else 0.0
         return min(1.0, (self.epoch + within) / n)
 
     def _release_groups(self) -> None:
@@ -535,26 +523,16 @@ class Job:
         without an active exception"; cf. PyTorch PR #179291). Released here, the threads
         are joined while Python is alive (the group's handle releases the GIL to join them).
         """
-        self._ctrl_group = None
-        self._stop_flag = None
+        if self._vote is not None:
+            self._vote.release()
         ddp = self._model
         if isinstance(ddp, nn.parallel.DistributedDataParallel):
-            # The user's model stays usable after finish(): it runs its module, without communication.
-            # DDP's internals, on purpose: torch has no API to release them (hence the type: ignores).
-            ddp.forward = ddp.module.__call__  # type: ignore[method-assign]
-            ddp.reducer = ddp.logger = None  # type: ignore[assignment]  # the reducer holds the group
-            ddp._comm_hooks = []  # a hook's state may hold it too
-            ddp.process_group = None  # type: ignore[assignment]  # last: dropping the handle joins the threads
-
-    def _wait_vote(self) -> None:
-        if self._stop_work is not None:
-            with contextlib.suppress(Exception):
-                self._stop_work.wait()
-            self._stop_work = None
+            release_ddp(ddp)
 
     def _teardown(self) -> None:
-        self._end_micro_step_context()
-        self._wait_vote()
+        self.end_micro_step()
+        if self._vote is not None:
+            self._vote.wait()
         self.strategy.close()
         if dist.is_initialized():
             with contextlib.suppress(Exception):
@@ -567,6 +545,15 @@ class Job:
             self._report_throughput()
             self._reporter.close()
             self._reporter = None
+
+
+def release_ddp(ddp: nn.parallel.DistributedDataParallel) -> None:
+    """Free a DDP wrapper's hold on its process group; the module inside stays usable without communication."""
+    # DDP's internals, on purpose: torch has no API to release them (hence the type: ignores).
+    ddp.forward = ddp.module.__call__  # type: ignore[method-assign]
+    ddp.reducer = ddp.logger = None  # type: ignore[assignment]  # the reducer holds the group
+    ddp._comm_hooks = []  # a hook's state may hold it too
+    ddp.process_group = None  # type: ignore[assignment]  # last: dropping the handle joins the threads
 
 
 def init(
@@ -590,35 +577,6 @@ def init(
         seed=seed,
         **strategy_options,
     )
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _restore_rng(states: list[Any], rank: int) -> None:
-    """Restore this rank's RNG; a rank that did not exist at save time keeps its fresh seed."""
-    if rank >= len(states) or states[rank] is None:
-        return
-    s = states[rank]
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state(s["cuda"])
 
 
 _CONSOLE = None

@@ -1,13 +1,14 @@
 """The Job's data loader: this rank's batches of the epoch, resumable mid-epoch at any world size.
 
 `Job.prepare` builds one (or the strategy's subclass, e.g. the parameter
-server's `PSLoader`); the loader asks its job for the epoch, rank, world size
-and partition history, and tells it where each micro-step begins and ends.
+server's `PSLoader`); the loader asks its job for the epoch, data-parallel rank
+and size (ranks of one pipeline replica load the same batches) and partition
+history, and tells it where each micro-step begins and ends, all through the
+Job's public hooks.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,18 +59,18 @@ class ShardedLoader:
     def plan(self) -> EpochPlan:
         """This rank's plan for the job's current epoch (after what earlier segments consumed)."""
         job = self.job
-        if self._plan is None or self._plan.epoch != job.epoch or self._plan.history != job._history:
+        if self._plan is None or self._plan.epoch != job.epoch or self._plan.history != job.history:
             self._plan = EpochPlan(
                 n=len(self.dataset),
                 epoch=job.epoch,
-                rank=job.rank,
-                world_size=job.world_size,
+                rank=job.dp_rank,
+                world_size=job.dp_size,
                 batch_size=self.batch_size,
                 kind=self.partition,
                 seed=job.seed,
                 shuffle=self.shuffle,
                 drop_last=self.drop_last,
-                history=job._history,
+                history=job.history,
                 costs=self.costs,
                 key=self.key,
             )
@@ -91,25 +92,41 @@ class ShardedLoader:
         plan = self.plan()
         job = self.job
         start = self.batches_done
-        job._loader = self
-        job._straggle_from = time.perf_counter()  # a straggler's step time excludes what ran between epochs
+        job.use_loader(self)
         for b in range(start, plan.num_batches):
-            batch = _to_device(self._fetch(plan.batch(b)), job.device)
-            job._begin_micro_step(last_of_epoch=b == plan.num_batches - 1)
+            batch = to_device(self._fetch(plan.batch(b)), job.device)
+            job.begin_micro_step(last_of_epoch=b == plan.num_batches - 1)
             self.yielded = b + 1
             yield batch
-        job._end_micro_step_context()
+        job.end_micro_step()
 
     def segment(self) -> Segment:
         """The part of the epoch consumed so far (whose gradients are in the model)."""
         return self.plan().consumed_after(self.batches_done)
 
+    def fraction_done(self, epoch: int) -> float:
+        """How much of epoch `epoch` is inside the model, counting what earlier segments consumed."""
+        plan = self._plan
+        if plan is None or plan.epoch != epoch or not plan.num_batches or not plan.n:
+            return 0.0
+        # The plan covers what earlier segments of this epoch left (after a resume): count both.
+        left = len(plan.pool)
+        return (plan.n - left + left * min(1.0, self.batches_done / plan.num_batches)) / plan.n
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+
+def first_batch(
+    dataset: Any, batch_size: int, collate_fn: Callable[[list[Any]], Any] | None, device: torch.device
+) -> Any:
+    """The dataset's first `batch_size` samples as one batch on `device` (a strategy profiles its model on it)."""
+    items = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    return to_device((collate_fn or torch.utils.data.default_collate)(items), device)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True) if batch.device != device else batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device) for b in batch)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     return batch

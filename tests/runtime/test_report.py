@@ -155,7 +155,7 @@ def _single_process(monkeypatch) -> None:
 
 @pytest.mark.usefixtures("_single_process")
 def test_job_reports_logs_and_progress_in_process(service: Service, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("corral.runtime.job.REPORT_PERIOD_S", 0.0)  # a throughput report after every step
+    monkeypatch.setattr("corral.runtime.throughput.REPORT_PERIOD_S", 0.0)  # a throughput report after every step
     for k, v in _env(service.url).items():
         monkeypatch.setenv(k, v)
     job = corral.init(checkpoint_dir=tmp_path)
@@ -271,7 +271,7 @@ def test_a_refusing_service_neither_fails_nor_slows_the_job(tmp_path: Path) -> N
 def test_an_unreachable_service_neither_fails_nor_slows_the_job(kind: str, tmp_path: Path, monkeypatch, capfd) -> None:
     hung = Service(hang=True)
     url = hung.url if kind == "hangs" else f"http://127.0.0.1:{_free_port()}"
-    monkeypatch.setattr("corral.runtime.job.REPORT_PERIOD_S", 0.0)  # a report after every step
+    monkeypatch.setattr("corral.runtime.throughput.REPORT_PERIOD_S", 0.0)  # a report after every step
     for k, v in _env(url).items():
         monkeypatch.setenv(k, v)
     try:

@@ -18,11 +18,10 @@ so every replica holds the servers' final values when the user evaluates.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from corral.runtime.loader import ShardedLoader, _to_device
+from corral.runtime.loader import ShardedLoader, to_device
 from corral.runtime.partition import EpochPlan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +50,7 @@ class PSLoader(ShardedLoader):
         if not self._dynamic:
             return super().plan()
         job = self.job
-        if self._plan is None or self._plan.epoch != job.epoch or self._plan.history != job._history:
+        if self._plan is None or self._plan.epoch != job.epoch or self._plan.history != job.history:
             # One rank of world size 1 sees the whole pool in epoch order; its segment (1, (consumed,))
             # marks a prefix as consumed and resumes at any world size and strategy.
             self._plan = EpochPlan(
@@ -64,7 +63,7 @@ class PSLoader(ShardedLoader):
                 seed=job.seed,
                 shuffle=self.shuffle,
                 drop_last=self.drop_last,
-                history=job._history,
+                history=job.history,
                 costs=self.costs,
                 key=self.key,
             )
@@ -87,8 +86,7 @@ class PSLoader(ShardedLoader):
         job = self.job
         strategy = self._strategy
         plan = self.plan()
-        job._loader = self
-        job._straggle_from = time.perf_counter()  # as the Job's loader: straggling excludes the epoch's gap
+        job.use_loader(self)
         ga = job.grad_accum
         start = self.batches_done
         steps = -(-(plan.num_batches - start) // ga)  # steps left in this epoch
@@ -102,7 +100,7 @@ class PSLoader(ShardedLoader):
             base = job.step_count
             mine, stop = 0, False
             while True:
-                if job._stop_requested:
+                if job.stop_requested:
                     strategy.claim(key, STOP)
                     stop = True
                     break
@@ -113,10 +111,10 @@ class PSLoader(ShardedLoader):
                 first = start + (done + j) * ga
                 last = min(first + ga, plan.num_batches)
                 for b in range(first, last):
-                    batch = _to_device(self._fetch(plan.batch(b)), job.device)
-                    job._begin_micro_step(last_of_epoch=b == last - 1)  # a claimed step ends a window
+                    batch = to_device(self._fetch(plan.batch(b)), job.device)
+                    job.begin_micro_step(last_of_epoch=b == last - 1)  # a claimed step ends a window
                     yield batch
-                job._end_micro_step_context()
+                job.end_micro_step()
             # The round is over for everyone: claims went out in order, so the steps taken are
             # exactly the first `taken` of the round, and all of them have been pushed.
             taken, stops = strategy.agree([mine, int(stop)])
@@ -125,7 +123,7 @@ class PSLoader(ShardedLoader):
             self.batches_done = self.yielded = min(start + done * ga, plan.num_batches)
             strategy.pull()
             if stops:
-                job._exit_preempted()
+                job.exit_preempted()
             if (
                 taken
                 and job.checkpoint_every

@@ -23,7 +23,8 @@ from corral.runtime.ps import protocol as proto
 from corral.runtime.ps.consistency import parse_consistency
 from corral.runtime.ps.protocol import Frame, Op
 from corral.runtime.ps.sharding import assign, check_sharding, shards
-from corral.runtime.strategies.base import Strategy
+from corral.runtime.strategies import optim_state
+from corral.runtime.strategies.base import Context, Strategy
 
 
 def _hparams(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -74,22 +75,19 @@ class PSStrategy(Strategy):
     name = "ps"
     syncs_in_backward = False  # micro-steps accumulate locally; the step pushes what accumulated
 
+    options = ("servers", "consistency", "sharding")
+    # Its GradScaler would step a local optimizer; the optimizer runs on the servers.
+    precisions = ("fp32", "bf16")
+
     def __init__(
         self,
-        *,
-        world_size: int,
-        device: torch.device,
+        ctx: Context,
         servers: int | None = None,
         consistency: str = "bsp",
         sharding: str = "range",
         **unknown: Any,
     ) -> None:
-        super().__init__(world_size=world_size, device=device)
-        if unknown:
-            raise UserError(
-                f"unknown option(s) for strategy 'ps': {', '.join(sorted(unknown))} "
-                "(it takes servers, consistency, sharding)"
-            )
+        super().__init__(ctx, **unknown)
         if servers is not None and (isinstance(servers, bool) or not isinstance(servers, int) or servers < 1):
             raise UserError(f"servers must be an integer >= 1, got {servers!r}")
         self.consistency = parse_consistency(consistency)
@@ -107,7 +105,7 @@ class PSStrategy(Strategy):
         self.servers = launched
         # Asynchronous workers take different numbers of steps: no collective may follow a step.
         self.lockstep = self.consistency.mode != "asp"
-        self.rank = env.rank()
+        self.rank = ctx.rank
         self._job: Any = None
         self._pg: Any = None
         self._store: Any = None
@@ -122,11 +120,6 @@ class PSStrategy(Strategy):
 
     def attach(self, job: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Shard the optimizer's parameters, start the servers on them (rank 0), and pull the initial values."""
-        if job.precision == "fp16":
-            raise UserError(
-                "strategy 'ps' does not support precision 'fp16' (its GradScaler steps a local "
-                "optimizer); use 'bf16' or 'fp32'"
-            )
         cls = type(optimizer)
         if cls.__module__ == "__main__":
             raise UserError(
@@ -248,10 +241,14 @@ class PSStrategy(Strategy):
 
     # -- checkpoints and the end ---------------------------------------------------------
 
-    def state_dict(self, model: nn.Module) -> dict[str, Any]:
-        """Rank 0: fetch every shard (values and optimizer state) from the servers; return the full model state."""
+    def gather_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Rank 0: fetch every shard (values and optimizer state) from the servers: the full model and optimizer."""
+        if self.rank != 0:
+            return None
         if self._pg is None:
-            return super().state_dict(model)
+            return super().gather_state(model, optimizer)
         state: dict[int, Any] = {}
         for shard in self._all:
             shard.tx.set(Op.SNAPSHOT, self.rank).send(self._pg, shard.rank).wait()
@@ -260,16 +257,10 @@ class PSStrategy(Strategy):
                 for i, value in zip(snap["indices"], snap["values"]):
                     self._params[i].data.copy_(value)
             state.update(snap["state"])
-        self._snapshot_state = state
-        return super().state_dict(model)
-
-    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The user's optimizer state_dict with every server's state: loadable by a local optimizer too."""
+        # The servers' state, by position in the optimizer as torch numbers it: loadable by a local optimizer too.
         sd = optimizer.state_dict()
-        if self._snapshot_state is not None:
-            sd["state"] = self._snapshot_state
-            self._snapshot_state = None
-        return sd
+        sd["state"] = state
+        return self.unwrap(model).state_dict(), optim_state.named_state(optimizer, self.param_names, sd)
 
     def close(self) -> None:
         """Rank 0 tells the servers the job is done (every worker has passed the final barrier)."""

@@ -1,68 +1,172 @@
-"""The interface every distribution strategy implements; the Job API calls nothing else.
+"""The interface every distribution strategy implements; the Job calls nothing else.
 
-A strategy wraps the user's model and optimizer and says how gradients are
-synchronised, so the parameter-server and pipeline strategies plug in beside
-`ddp` without changing the job loop.
+A strategy gets a typed `Context` (who and where this rank is, the job's
+settings, and the job itself for its public hooks) and overrides the hooks for
+what differs between strategies: how the model is wrapped or split, who runs
+forward and backward, how gradients are synchronised and clipped, what each
+rank saves and loads, and the teardown. A new strategy is one module and one
+registry entry in `corral.runtime.strategies`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+from corral.errors import UserError
+from corral.runtime.strategies import optim_state
+
+if TYPE_CHECKING:  # pragma: no cover
+    from corral.runtime.job import Job
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a strategy knows of its rank and job when it is built (before any process group)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    precision: str
+    grad_accum: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class MicroStep:
+    """One micro-step's work: a loss computed by the user, or the loss function, inputs and target."""
+
+    loss: torch.Tensor | None = None
+    loss_fn: Callable[..., torch.Tensor] | None = None
+    inputs: Any = None
+    target: Any = None
 
 
 class Strategy:
-    """How a job's model is replicated and its gradients synchronised."""
+    """How a job's model is replicated or split, and its gradients synchronised."""
 
     name: ClassVar[str] = ""
+    # The options `corral.init(strategy=name, ...)` accepts for this strategy.
+    options: ClassVar[tuple[str, ...]] = ()
     # Every worker takes the same optimizer steps, so the Job may run a collective
     # (checkpoint, preemption vote) right after a step. False for asynchronous PS.
     lockstep: bool = True
     # Micro-steps outside no_sync() average gradients in backward; when an epoch ends
-    # mid-accumulation the Job all-reduces what no_sync() left local.
+    # mid-accumulation, reduce_accumulated() all-reduces what no_sync() left local.
     syncs_in_backward: bool = True
     # The loader class the Job builds in prepare() (None: its own ShardedLoader).
     loader_class: type | None = None
+    # Precisions the strategy supports.
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")
 
-    def __init__(self, *, world_size: int, device: torch.device) -> None:
-        self.world_size = world_size
-        self.device = device
+    def __init__(self, ctx: Context, **unknown: Any) -> None:
+        if unknown:
+            takes = f"it takes {', '.join(self.options)}" if self.options else "it takes no options"
+            raise UserError(f"unknown option(s) for strategy {self.name!r}: {', '.join(sorted(unknown))} ({takes})")
+        if ctx.precision not in self.precisions:
+            raise UserError(
+                f"strategy {self.name!r} does not support precision {ctx.precision!r}; "
+                f"use one of: {', '.join(self.precisions)}"
+            )
+        self.ctx = ctx
+        self.world_size = ctx.world_size
+        self.device = ctx.device
+        # id(parameter) -> its name in the user's model: the key of checkpointed optimizer state.
+        self.param_names: dict[int, str] = {}
 
-    def attach(self, job: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Called by job.prepare once the model is wrapped and restored: connect whatever the strategy needs."""
+    # -- topology ------------------------------------------------------------------------
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Apply this step's (synchronised) gradients."""
-        optimizer.step()
+    @property
+    def dp_rank(self) -> int:
+        """This rank's index among the data-parallel replicas (which share of each batch it trains)."""
+        return self.ctx.rank
 
-    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The optimizer state to checkpoint, in torch's own format."""
-        return optimizer.state_dict()
+    @property
+    def dp_size(self) -> int:
+        """How many data-parallel replicas split each global batch."""
+        return self.ctx.world_size
 
-    def close(self) -> None:
-        """The job is leaving: release what `attach` connected."""
+    # -- set-up ----------------------------------------------------------------------------
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, sample: Callable[[], Any]) -> nn.Module:
+        """The model the user trains (wrapped, or this rank's stage); `sample` gives a first batch to profile."""
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        return self.wrap_model(model)
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """The model the user trains (possibly wrapped for communication)."""
+        """The model wrapped for communication (identity by default)."""
         return model
 
+    def attach(self, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called once the model is prepared and restored: connect whatever the strategy needs."""
+
     def unwrap(self, model: nn.Module) -> nn.Module:
-        """The user's own module inside whatever `wrap_model` returned."""
+        """The user's own module inside whatever `prepare` returned."""
         return model
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def forward_backward(
+        self, model: nn.Module, work: MicroStep, backward: Callable[[torch.Tensor], None]
+    ) -> torch.Tensor:
+        """Run one micro-step's forward (unless the user did) and backward; return its loss, detached."""
+        loss = work.loss
+        if loss is None:
+            assert work.loss_fn is not None
+            loss = work.loss_fn(model(work.inputs), work.target)
+        backward(loss)
+        return loss.detach()
 
     @contextlib.contextmanager
     def no_sync(self, model: nn.Module) -> Iterator[None]:
         """Within this context, backward accumulates locally without communicating."""
         yield
 
-    def state_dict(self, model: nn.Module) -> dict[str, Any]:
-        """The model state to checkpoint (full, independent of the world size)."""
-        return self.unwrap(model).state_dict()
+    def reduce_accumulated(self, model: nn.Module) -> None:
+        """Average gradients that micro-steps under no_sync() left local (an epoch ended mid-window)."""
+        if not (self.syncs_in_backward and dist.is_initialized() and self.dp_size > 1):
+            return
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.dp_size
 
-    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
-        """Restore a state produced by `state_dict`, at any world size."""
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> None:
+        """Scale gradients so that the global gradient norm is at most `max_norm`."""
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply this step's (synchronised) gradients."""
+        optimizer.step()
+
+    def predict(self, model: nn.Module, inputs: Any) -> Any:
+        """The model's output for `inputs` without gradients, on every rank."""
+        with torch.no_grad():
+            return model(inputs)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def gather_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Every rank calls it: rank 0 gets (full model state, optimizer state by parameter name), others None."""
+        if self.ctx.rank != 0:
+            return None
+        return self.unwrap(model).state_dict(), optim_state.named_state(optimizer, self.param_names)
+
+    def load_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], optim: dict[str, Any]
+    ) -> None:
+        """Restore what `gather_state` produced, at any world size (or stage count) and under any strategy."""
         self.unwrap(model).load_state_dict(state)
+        optim_state.load_named_state(optimizer, optim, self.param_names)
+
+    def close(self) -> None:
+        """The job is leaving: release what `attach` connected."""

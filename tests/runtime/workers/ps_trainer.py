@@ -121,7 +121,7 @@ def main() -> None:
             samples_log.write(json.dumps([epoch, idx.tolist()]) + "\n")
             samples_log.flush()
             job.step(loss)
-            if job._micro == 0:  # this micro-step ended an optimizer step (of this worker)
+            if job.micro_step == 0:  # this micro-step ended an optimizer step (of this worker)
                 record["my_steps"] += 1
                 if sched is not None:
                     sched.step()
