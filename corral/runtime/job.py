@@ -241,6 +241,9 @@ class Job:
         )
         if self._payload is not None:
             self.strategy.load_state(self._model, optimizer, self._payload["model"], self._payload["optimizer"])
+            saved = self._payload.get("strategy_ranks") or []
+            if len(saved) == self.world_size and saved[self.rank] is not None:
+                self.strategy.load_rank_state(self._model, optimizer, saved[self.rank])
         self._optimizer = optimizer
         self.strategy.attach(self, self._model, optimizer)
         loader = (self.strategy.loader_class or ShardedLoader)(
@@ -416,12 +419,12 @@ class Job:
         """Write a checkpoint (every rank must call it; rank 0 writes the file atomically)."""
         if self.checkpoint_dir is None or self._model is None or self._optimizer is None:
             return
-        rng = rng_state()
+        mine = {"rng": rng_state(), "strategy": self.strategy.rank_state(self._model, self._optimizer)}
         if self.distributed:
-            states: list[Any] = [None] * self.world_size
-            dist.all_gather_object(states, rng)
+            per_rank: list[Any] = [None] * self.world_size
+            dist.all_gather_object(per_rank, mine)
         else:
-            states = [rng]
+            per_rank = [mine]
         gathered = self.strategy.gather_state(self._model, self._optimizer)
         if self.is_main:
             assert gathered is not None, "the strategy's gather_state returns the state on rank 0"
@@ -435,7 +438,8 @@ class Job:
                 "model": model_state,
                 "optimizer": optim,
                 "sampler": {"history": history_to_state(history)},
-                "rng": states,
+                "rng": [r["rng"] for r in per_rank],
+                "strategy_ranks": [r["strategy"] for r in per_rank],
                 "state": self.state,
                 "world_size": self.world_size,
                 "strategy": self.strategy.name,
@@ -495,6 +499,9 @@ class Job:
             values["replicas"] = float(self.dp_size)
             values["local_batch"] = float(self.loader.batch_size)
             values["nodes"] = float(env.num_nodes())
+            sent = self.strategy.comm_bytes_per_step()
+            if sent is not None:
+                values["comm_bytes_per_step"] = sent
         progress = self._progress()
         if progress is not None and progress != self._reported_progress:
             values["progress"] = self._reported_progress = progress

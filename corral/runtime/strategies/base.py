@@ -168,5 +168,16 @@ class Strategy:
         self.unwrap(model).load_state_dict(state)
         optim_state.load_named_state(optimizer, optim, self.param_names)
 
+    def rank_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """State that differs between ranks and must survive a resume (compression buffers), or None."""
+        return None
+
+    def load_rank_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Restore what `rank_state` returned on this rank (called only when the world size is unchanged)."""
+
+    def comm_bytes_per_step(self) -> float | None:
+        """Payload bytes each rank sends per optimizer step for gradients, when the strategy counts them."""
+        return None
+
     def close(self) -> None:
         """The job is leaving: release what `attach` connected."""

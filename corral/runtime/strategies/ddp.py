@@ -1,26 +1,103 @@
-"""`ddp`: synchronous data parallel with torch DistributedDataParallel."""
+"""`ddp`: synchronous data parallel with torch DistributedDataParallel, optionally compressed or local SGD.
+
+    corral.init(strategy="ddp")                                   # all-reduce every step
+    corral.init(strategy="ddp", compression="powersgd:2")         # or "fp16", "bf16"
+    corral.init(strategy="ddp", local_sgd=8, local_sgd_warmup=20) # average the models every 8 steps
+
+Local SGD: after `local_sgd_warmup` synchronous steps, each replica steps on
+its own gradients (DDP's all-reduce is replaced by a hook that sends nothing)
+and every `local_sgd` optimizer steps the replicas' parameters are averaged,
+as torch's post-local SGD does. The replicas differ between averages, so each
+rank's model and optimizer state go into the checkpoint (its rank state), and
+a resumed run continues exactly where the uninterrupted one would be.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import nn
 
-from corral.runtime.strategies.base import Strategy
+from corral.errors import UserError
+from corral.runtime.strategies import compression as comp
+from corral.runtime.strategies import optim_state
+from corral.runtime.strategies.base import Context, Strategy
+
+
+class _LocalSGD:
+    """The hook's state: DDP's all-reduce while `sync` is True (the warm-up), then none."""
+
+    def __init__(self, sync: bool) -> None:
+        self.sync = sync
+
+
+def _local_sgd_hook(state, bucket):  # noqa: ANN001 - DDP compares annotations with the real classes
+    """While warming up, all-reduce as DDP does; afterwards each replica keeps its own gradient."""
+    if state.sync:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    fut.set_result(bucket.buffer())
+    return fut
 
 
 class DDPStrategy(Strategy):
-    """Synchronous data parallel: torch DistributedDataParallel, all-reduce of gradients."""
+    """Synchronous data parallel: torch DistributedDataParallel, all-reduce of (compressed) gradients."""
 
     name = "ddp"
+    options = ("compression", "local_sgd", "local_sgd_warmup")
+
+    def __init__(
+        self,
+        ctx: Context,
+        compression: str = "none",
+        local_sgd: int | None = None,
+        local_sgd_warmup: int = 0,
+        **unknown: Any,
+    ) -> None:
+        super().__init__(ctx, **unknown)
+        self.compression = comp.parse_compression(compression)
+        if local_sgd is not None and (isinstance(local_sgd, bool) or not isinstance(local_sgd, int) or local_sgd < 1):
+            raise UserError(f"local_sgd must be an integer >= 1 (optimizer steps between averages), got {local_sgd!r}")
+        if isinstance(local_sgd_warmup, bool) or not isinstance(local_sgd_warmup, int) or local_sgd_warmup < 0:
+            raise UserError(f"local_sgd_warmup must be an integer >= 0, got {local_sgd_warmup!r}")
+        if local_sgd is not None and self.compression.kind != "none":
+            raise UserError("compression and local_sgd cannot be combined; choose one")
+        self.local_sgd = local_sgd
+        self.local_sgd_warmup = local_sgd_warmup
+        self._hook_state: Any = None  # PowerSGD's state, checkpointed per rank
+        self._local: _LocalSGD | None = None
+        self._job: Any = None
+        self._bytes = 0
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
+        comp.check_rank_fits(self.compression, model)
+        self._bytes = comp.bytes_per_step(self.compression, model)
         if self.world_size == 1 or not dist.is_initialized():
             return model  # one replica: nothing to synchronise
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        kwargs: dict[str, Any] = {}
+        if self.compression.kind == "powersgd":
+            # One bucket: PowerSGD with DDP's default two buckets aborts or hangs on gloo (TORCH-NOTES).
+            size = sum(p.numel() * p.element_size() for p in model.parameters())
+            kwargs["bucket_cap_mb"] = size / 2**20 + 1
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
+        if self.local_sgd is not None:
+            self._local = _LocalSGD(sync=self.local_sgd_warmup > 0)
+            ddp.register_comm_hook(self._local, _local_sgd_hook)
+        else:
+            self._hook_state = comp.register(self.compression, ddp)
+        return ddp
+
+    def attach(self, job: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self._job = job
+        if self._local is not None:
+            self._local.sync = job.step_count < self.local_sgd_warmup
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -32,3 +109,65 @@ class DDPStrategy(Strategy):
                 yield
         else:
             yield
+
+    def reduce_accumulated(self, model: nn.Module) -> None:
+        if self._local is not None and not self._local.sync:
+            return  # local SGD: each replica applies its own gradient
+        if self.compression.kind in ("fp16", "bf16") and dist.is_initialized() and self.dp_size > 1:
+            dtype = torch.float16 if self.compression.kind == "fp16" else torch.bfloat16
+            for p in model.parameters():
+                if p.grad is not None:
+                    g = p.grad.to(dtype).div_(self.dp_size)
+                    dist.all_reduce(g)
+                    p.grad.copy_(g)
+            return
+        super().reduce_accumulated(model)  # powersgd: the flush goes uncompressed (README)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+        if self._local is None or self._job is None:
+            return
+        step = self._job.step_count + 1  # the step just taken (the Job counts it after this call)
+        self._local.sync = step < self.local_sgd_warmup
+        if step > self.local_sgd_warmup and (step - self.local_sgd_warmup) % self.local_sgd == 0:
+            self._average(optimizer)
+
+    def _average(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average the replicas' parameters (one all-reduce of them all, flattened)."""
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        with torch.no_grad():
+            flat = torch.cat([p.reshape(-1) for p in params]).div_(self.world_size)
+            dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                p.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def comm_bytes_per_step(self) -> float | None:
+        """Payload bytes each rank all-reduces per optimizer step (averaged over local SGD's period)."""
+        if self.world_size == 1:
+            return 0.0
+        if self._local is not None and not self._local.sync:
+            return self._bytes / float(self.local_sgd or 1)
+        return float(self._bytes)
+
+    # -- per-rank state -----------------------------------------------------------------
+
+    def rank_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """PowerSGD's error feedback and warm-start memory; under local SGD, this replica's model and optimizer."""
+        if self._hook_state is not None:
+            return {"powersgd": self._hook_state.state()}
+        if self._local is not None:
+            module = self.unwrap(model)
+            return {
+                "model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+                "optimizer": optim_state.named_state(optimizer, self.param_names),
+            }
+        return None
+
+    def load_rank_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        if "powersgd" in state and self._hook_state is not None:
+            self._hook_state.load(state["powersgd"], self.device)
+        if "model" in state and self._local is not None:
+            self.unwrap(model).load_state_dict(state["model"])
+            optim_state.load_named_state(optimizer, state["optimizer"], self.param_names)

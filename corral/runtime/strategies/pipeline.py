@@ -196,7 +196,7 @@ class PipelineStrategy(Strategy):
         return cls(stages[0], self.microbatches, loss_fn=loss_fn, scale_grads=False)
 
     def _profile(self, layers: list[nn.Module], sample: Callable[[], Any]) -> list[float]:
-        """Each layer's forward + backward seconds on the first batch (the slowest rank's figure, so all agree)."""
+        """Each layer's forward + backward seconds on the first batch (best of 3, fastest rank: all ranks agree)."""
         batch = sample()
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         costs = []
@@ -214,7 +214,9 @@ class PipelineStrategy(Strategy):
             costs.append(best)
             x = out.detach()
         t = torch.tensor(costs, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        # Every rank must choose the same split. The fastest rank's figure is the least disturbed one
+        # (ranks that share cores, or a straggler, only add noise); MIN is also what every rank agrees on.
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return [float(v) for v in t.tolist()]
 
     def _report_split(self) -> None:
