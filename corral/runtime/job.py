@@ -499,6 +499,8 @@ class Job:
             values["replicas"] = float(self.dp_size)
             values["local_batch"] = float(self.loader.batch_size)
             values["nodes"] = float(env.num_nodes())
+            values["accum_steps"] = float(self.grad_accum)
+            values.update(self.strategy.gradient_stats())
             sent = self.strategy.comm_bytes_per_step()
             if sent is not None:
                 values["comm_bytes_per_step"] = sent

@@ -128,3 +128,14 @@ def test_resume_continues_exactly_as_uninterrupted(tmp_path: Path, args: list[st
         torch.testing.assert_close(flat(resumed[r]), flat(whole[r]), atol=1e-6, rtol=1e-5)
     if "--local-sgd" in args:
         assert not torch.allclose(flat(whole[0]), flat(whole[1]))  # 22 is not an average step: replicas differ
+
+
+@pytest.mark.slow
+def test_noise_scale_from_two_replicas_agrees_with_one_replica(fp32, tmp_path: Path) -> None:
+    """Two replicas (local vs averaged gradient) and one (successive steps) estimate the same noise scale."""
+    one = train(tmp_path / "one", "--steps", "40", nproc=1)[0]["gns"]
+    two = fp32[0]["gns"]
+    assert two["grad_sqr"] > 0 and two["grad_var"] > 0 and one["grad_sqr"] > 0
+    assert 0.25 < two["noise_scale"] / one["noise_scale"] < 4, (one, two)
+    # PowerSGD's average is low-rank and local SGD averages no gradients: no estimate there.
+    assert train(tmp_path / "psgd", "--steps", "5", "--compression", "powersgd:2")[0]["gns"] == {}

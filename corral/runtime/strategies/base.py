@@ -175,6 +175,10 @@ class Strategy:
     def load_rank_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Restore what `rank_state` returned on this rank (called only when the world size is unchanged)."""
 
+    def gradient_stats(self) -> dict[str, float]:
+        """Gradient statistics for the scheduler (the noise scale's |G|^2 and S), when the strategy has them."""
+        return {}
+
     def comm_bytes_per_step(self) -> float | None:
         """Payload bytes each rank sends per optimizer step for gradients, when the strategy counts them."""
         return None

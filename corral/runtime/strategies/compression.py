@@ -13,6 +13,7 @@ the way each hook packs them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,28 +215,24 @@ def _powersgd_hook(state, bucket):  # noqa: ANN001 - DDP compares annotations wi
     return powerSGD_hook.powerSGD_hook(state.psgd, bucket)
 
 
-def register(c: Compression, ddp: nn.parallel.DistributedDataParallel, process_group: Any = None) -> Any:
-    """Install compression `c` on `ddp`; returns the hook's state (PowerSGD's, to checkpoint) or None."""
+def hook(c: Compression, ddp: nn.parallel.DistributedDataParallel) -> tuple[Any, Callable[..., Any]] | None:
+    """The (state, hook) pair that implements compression `c` on `ddp`; None for `none` (DDP's own all-reduce)."""
     if c.kind == "none":
         return None
     if c.kind == "fp16":
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-        ddp.register_comm_hook(process_group, default_hooks.fp16_compress_hook)
-        return None
+        return None, default_hooks.fp16_compress_hook
     if c.kind == "bf16":
-        ddp.register_comm_hook(process_group, _bf16_hook)
-        return None
+        return None, _bf16_hook
     from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
     psgd = powerSGD_hook.PowerSGDState(
-        process_group=process_group,
+        process_group=None,
         matrix_approximation_rank=c.rank,
         start_powerSGD_iter=POWERSGD_START,
         use_error_feedback=True,
         warm_start=True,
     )
     named = list(ddp.module.named_parameters())
-    state = PowerSGD(psgd, {id(p): n for n, p in named}, {n: tuple(p.shape) for n, p in named})
-    ddp.register_comm_hook(state, _powersgd_hook)
-    return state
+    return PowerSGD(psgd, {id(p): n for n, p in named}, {n: tuple(p.shape) for n, p in named}), _powersgd_hook

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from corral.errors import UserError
+from corral.runtime.gns import NoiseScale
 from corral.runtime.strategies import compression as comp
 from corral.runtime.strategies import optim_state
 from corral.runtime.strategies.base import Context, Strategy
@@ -46,11 +47,47 @@ def _local_sgd_hook(state, bucket):  # noqa: ANN001 - DDP compares annotations w
     return fut
 
 
+class _Meter:
+    """Squared gradient norms of this step: this replica's before the all-reduce, the average's after it."""
+
+    def __init__(self, inner_state: Any, inner: Any) -> None:
+        self.inner_state = inner_state
+        self.inner = inner
+        self.local_sq = torch.zeros((), dtype=torch.float64)
+        self.avg_sq = torch.zeros((), dtype=torch.float64)
+        self.buckets = 0
+
+    def take(self) -> tuple[float, float] | None:
+        """This step's (local, averaged) squared norms, and start the next step's."""
+        if not self.buckets:
+            return None
+        got = (float(self.local_sq), float(self.avg_sq))
+        self.local_sq.zero_()
+        self.avg_sq.zero_()
+        self.buckets = 0
+        return got
+
+
+def _metered_hook(state, bucket):  # noqa: ANN001 - DDP compares annotations with the real classes
+    """Measure the bucket's local squared norm, run the real hook, measure the averaged one."""
+    buf = bucket.buffer()
+    state.local_sq += torch.dot(buf, buf).double().cpu()
+    state.buckets += 1
+
+    def after(fut):  # noqa: ANN001, ANN202
+        value = fut.value()
+        value = value[0] if isinstance(value, list) else value
+        state.avg_sq += torch.dot(value, value).double().cpu()
+        return value
+
+    return state.inner(state.inner_state, bucket).then(after)
+
+
 class DDPStrategy(Strategy):
     """Synchronous data parallel: torch DistributedDataParallel, all-reduce of (compressed) gradients."""
 
     name = "ddp"
-    options = ("compression", "local_sgd", "local_sgd_warmup")
+    options = ("compression", "local_sgd", "local_sgd_warmup", "noise_scale")
 
     def __init__(
         self,
@@ -58,6 +95,7 @@ class DDPStrategy(Strategy):
         compression: str = "none",
         local_sgd: int | None = None,
         local_sgd_warmup: int = 0,
+        noise_scale: bool = True,
         **unknown: Any,
     ) -> None:
         super().__init__(ctx, **unknown)
@@ -68,6 +106,14 @@ class DDPStrategy(Strategy):
             raise UserError(f"local_sgd_warmup must be an integer >= 0, got {local_sgd_warmup!r}")
         if local_sgd is not None and self.compression.kind != "none":
             raise UserError("compression and local_sgd cannot be combined; choose one")
+        if not isinstance(noise_scale, bool):
+            raise UserError(f"noise_scale must be True or False, got {noise_scale!r}")
+        # The gradient noise scale needs the true average of the replicas' gradients: not PowerSGD's
+        # low-rank one, and local SGD averages none.
+        self.measure = noise_scale and local_sgd is None and self.compression.kind != "powersgd"
+        self.gns = NoiseScale()
+        self._meter: _Meter | None = None
+        self._previous: torch.Tensor | None = None  # one replica: the last step's gradient
         self.local_sgd = local_sgd
         self.local_sgd_warmup = local_sgd_warmup
         self._hook_state: Any = None  # PowerSGD's state, checkpointed per rank
@@ -90,8 +136,18 @@ class DDPStrategy(Strategy):
         if self.local_sgd is not None:
             self._local = _LocalSGD(sync=self.local_sgd_warmup > 0)
             ddp.register_comm_hook(self._local, _local_sgd_hook)
-        else:
-            self._hook_state = comp.register(self.compression, ddp)
+            return ddp
+        pair = comp.hook(self.compression, ddp)
+        if self.measure:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            inner_state, inner = pair or (None, default_hooks.allreduce_hook)
+            self._meter = _Meter(inner_state, inner)
+            ddp.register_comm_hook(self._meter, _metered_hook)
+        elif pair is not None:
+            ddp.register_comm_hook(*pair)
+        if self.compression.kind == "powersgd" and pair is not None:
+            self._hook_state = pair[0]
         return ddp
 
     def attach(self, job: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -124,6 +180,8 @@ class DDPStrategy(Strategy):
         super().reduce_accumulated(model)  # powersgd: the flush goes uncompressed (README)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.measure:
+            self._observe_noise(optimizer)
         optimizer.step()
         if self._local is None or self._job is None:
             return
@@ -142,6 +200,39 @@ class DDPStrategy(Strategy):
             for p in params:
                 p.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
+
+    def _local_batch(self) -> int | None:
+        loader = getattr(self._job, "loader", None)
+        return loader.batch_size * self.ctx.grad_accum if loader is not None else None
+
+    def _observe_noise(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fold this step's gradient norms into the noise scale estimate (before the step changes them)."""
+        b = self._local_batch()
+        if b is None:
+            return
+        if self._meter is not None:
+            got = self._meter.take()
+            if got is not None:
+                self.gns.update(got[0], b, got[1], b * self.world_size)
+            return
+        if self.world_size > 1:
+            return  # several replicas without a meter: none to measure
+        # One replica: this step's and the previous step's gradients stand for two replicas.
+        grads = [p.grad.reshape(-1) for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat(grads).double()
+        if self._previous is not None and self._previous.numel() == flat.numel():
+            avg = (flat + self._previous) / 2
+            self.gns.update(float(flat @ flat), b, float(avg @ avg), 2 * b)
+        self._previous = flat
+
+    def gradient_stats(self) -> dict[str, float]:
+        """The smoothed |G|^2, S and noise scale, once there is an estimate."""
+        scale = self.gns.noise_scale
+        if scale is None:
+            return {}
+        return {"grad_sqr": self.gns.grad_sqr, "grad_var": self.gns.grad_var, "noise_scale": scale}
 
     def comm_bytes_per_step(self) -> float | None:
         """Payload bytes each rank all-reduces per optimizer step (averaged over local SGD's period)."""

@@ -61,6 +61,7 @@ def main() -> None:
                 "params": [q.detach().flatten().tolist() for q in module.parameters()],
                 "losses": losses,
                 "bytes": job.strategy.comm_bytes_per_step(),
+                "gns": job.strategy.gradient_stats(),
                 "steps": job.step_count,
             }
         )
