@@ -7,7 +7,8 @@ step) on N workers (`benchmarks/jobs/compress_probe.py`), each option vs fp32
 DDP in the same script:
 
 - accuracy and bytes: full training (--epochs) on loopback;
-- step time: --steps steps on loopback, and on loopback shaped to 1 Gbit/s and
+- step time (the mean over --steps steps after 5 of warm-up: local SGD's
+  averaging step counts): on loopback, and on loopback shaped to 1 Gbit/s and
   100 Mbit/s (a tbf qdisc: measured 838 and 97 Mbit/s for one TCP stream)
   inside a network namespace this script creates and removes (`ip netns`,
   `tc`; needs root). Every process of a run,
