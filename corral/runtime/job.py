@@ -130,7 +130,6 @@ class Job:
         self._model: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._scaler: torch.amp.GradScaler | None = None
-        self._vote: StopVote | None = None
         self._epochs_total: int | None = None
         self._last_boundary = time.perf_counter()
         self._straggle = env.straggler_factor(self.rank)
@@ -140,7 +139,7 @@ class Job:
         ctx = Context(self.rank, self.world_size, self.local_rank, self.device, precision, grad_accum, seed)
         self.strategy: Strategy = get_strategy(strategy, ctx, **strategy_options)
         self._init_process_group()
-        self._vote = StopVote(self.distributed)
+        self._vote = StopVote(self.distributed)  # after the process group: it makes its own
         seed_everything(seed)
         self._payload = ckpt.load(ckpt.checkpoint_path(self.checkpoint_dir)) if self.checkpoint_dir else None
         if self._payload is not None:
@@ -196,7 +195,7 @@ class Job:
     @property
     def stop_requested(self) -> bool:
         """This rank was asked to stop (SIGTERM); the ranks agree on when at the next vote."""
-        return self._vote is not None and self._vote.requested
+        return self._vote.requested
 
     def prepare(
         self,
@@ -379,7 +378,7 @@ class Job:
             return  # asynchronous workers checkpoint and stop together where their loader syncs them
         if self.checkpoint_every and self.step_count % self.checkpoint_every == 0 and self.checkpoint_dir:
             self.save()
-        if self._vote is not None and self._vote.should_stop(self.step_count, self.stats.last_step_s):
+        if self._vote.should_stop(self.step_count, self.stats.last_step_s):
             self.exit_preempted()
 
     def _straggler_delay(self) -> None:
@@ -395,8 +394,7 @@ class Job:
     # -- preemption ---------------------------------------------------------
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if self._vote is not None:
-            self._vote.requested = True
+        self._vote.requested = True
 
     def exit_preempted(self) -> None:
         """Save a checkpoint and leave with the preempted exit code (75); every rank calls it at the same step."""
@@ -481,8 +479,7 @@ class Job:
             self.save()
         if self.distributed:
             # Nobody tears down gloo while a peer may still talk to it (that aborts the peer).
-            if self._vote is not None:
-                self._vote.wait()
+            self._vote.wait()
             dist.barrier()
         self._teardown()
 
@@ -532,16 +529,14 @@ class Job:
         without an active exception"; cf. PyTorch PR #179291). Released here, the threads
         are joined while Python is alive (the group's handle releases the GIL to join them).
         """
-        if self._vote is not None:
-            self._vote.release()
+        self._vote.release()
         ddp = self._model
         if isinstance(ddp, nn.parallel.DistributedDataParallel):
             release_ddp(ddp)
 
     def _teardown(self) -> None:
         self.end_micro_step()
-        if self._vote is not None:
-            self._vote.wait()
+        self._vote.wait()
         self.strategy.close()
         if dist.is_initialized():
             with contextlib.suppress(Exception):

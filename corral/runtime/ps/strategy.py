@@ -24,7 +24,7 @@ from corral.runtime.ps.consistency import parse_consistency
 from corral.runtime.ps.protocol import Frame, Op
 from corral.runtime.ps.sharding import assign, check_sharding, shards
 from corral.runtime.strategies import optim_state
-from corral.runtime.strategies.base import Context, Strategy
+from corral.runtime.strategies.base import Context, Strategy, check_int
 
 
 def _hparams(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -88,8 +88,8 @@ class PSStrategy(Strategy):
         **unknown: Any,
     ) -> None:
         super().__init__(ctx, **unknown)
-        if servers is not None and (isinstance(servers, bool) or not isinstance(servers, int) or servers < 1):
-            raise UserError(f"servers must be an integer >= 1, got {servers!r}")
+        if servers is not None:
+            check_int("servers", servers, 1)
         self.consistency = parse_consistency(consistency)
         self.sharding = check_sharding(sharding)
         launched = env.ps_servers()

@@ -26,6 +26,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from corral.runtime.job import Job
 
 
+def check_int(name: str, value: Any, minimum: int, *, shown: str | None = None, why: str = "") -> None:
+    """A UserError unless `value` is an integer (not a bool) >= `minimum` (written as `shown` in the message)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{name} must be an integer >= {shown or minimum}{why}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Context:
     """What a strategy knows of its rank and job when it is built (before any process group)."""

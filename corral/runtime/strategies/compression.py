@@ -13,6 +13,7 @@ the way each hook packs them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +34,6 @@ class Compression:
 
     kind: str
     rank: int = 0
-
-    def __str__(self) -> str:
-        return f"powersgd:{self.rank}" if self.kind == "powersgd" else self.kind
 
 
 def parse_compression(spec: str) -> Compression:
@@ -144,14 +142,14 @@ class PowerSGD:
     def _flat_slices(self, order: list[str]) -> dict[str, tuple[int, int]]:
         out, at = {}, 0
         for name in order:
-            n = _numel(self.shapes[name])
+            n = math.prod(self.shapes[name])
             out[name] = (at, n)
             at += n
         return out
 
     def _rank_of(self, name: str) -> tuple[int, int, int, bool]:
         shape = self.shapes[name]
-        n, m = shape[0], _numel(shape) // shape[0]
+        n, m = shape[0], math.prod(shape) // shape[0]
         r = min(n, m, self.psgd.matrix_approximation_rank)
         return n, m, r, (n + m) * r * self.psgd.min_compression_rate < n * m
 
@@ -159,8 +157,8 @@ class PowerSGD:
         """The compressed tensors in the order the hook lays out P and Q: grouped by shape, first seen first."""
         groups: dict[tuple[int, ...], list[str]] = {}
         for name in order:
-            if self._rank_of(name)[3]:
-                n, m, _, _ = self._rank_of(name)
+            n, m, _, compressed = self._rank_of(name)
+            if compressed:
                 groups.setdefault((n, m), []).append(name)
         return [name for names in groups.values() for name in names]
 
@@ -194,13 +192,6 @@ class PowerSGD:
             if isinstance(value, dict):
                 value = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in value.items()}
             setattr(self.psgd, slot, value)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _permute(flat: torch.Tensor, slices: dict[str, tuple[int, int]], order: list[str]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from corral.errors import UserError
 from corral.runtime.gns import NoiseScale
 from corral.runtime.strategies import compression as comp
 from corral.runtime.strategies import optim_state
-from corral.runtime.strategies.base import Context, Strategy
+from corral.runtime.strategies.base import Context, Strategy, check_int
 
 
 class _LocalSGD:
@@ -56,31 +56,28 @@ class _Meter:
     def __init__(self, inner_state: Any, inner: Any) -> None:
         self.inner_state = inner_state
         self.inner = inner
-        self.local_sq = torch.zeros((), dtype=torch.float64)
-        self.avg_sq = torch.zeros((), dtype=torch.float64)
-        self.buckets = 0
+        # Per bucket, left on the gradients' device: read once per optimizer step, not synced per bucket.
+        self.local: list[torch.Tensor] = []
+        self.averaged: list[torch.Tensor] = []
 
     def take(self) -> tuple[float, float] | None:
         """This step's (local, averaged) squared norms, and start the next step's."""
-        if not self.buckets:
+        if not self.local:
             return None
-        got = (float(self.local_sq), float(self.avg_sq))
-        self.local_sq.zero_()
-        self.avg_sq.zero_()
-        self.buckets = 0
+        got = (float(torch.stack(self.local).double().sum()), float(torch.stack(self.averaged).double().sum()))
+        self.local, self.averaged = [], []
         return got
 
 
 def _metered_hook(state, bucket):  # noqa: ANN001 - DDP compares annotations with the real classes
     """Measure the bucket's local squared norm, run the real hook, measure the averaged one."""
     buf = bucket.buffer()
-    state.local_sq += torch.dot(buf, buf).double().cpu()
-    state.buckets += 1
+    state.local.append(torch.dot(buf, buf))
 
     def after(fut):  # noqa: ANN001, ANN202
         value = fut.value()
         value = value[0] if isinstance(value, list) else value
-        state.avg_sq += torch.dot(value, value).double().cpu()
+        state.averaged.append(torch.dot(value, value))
         return value
 
     return state.inner(state.inner_state, bucket).then(after)
@@ -103,10 +100,9 @@ class DDPStrategy(Strategy):
     ) -> None:
         super().__init__(ctx, **unknown)
         self.compression = comp.parse_compression(compression)
-        if local_sgd is not None and (isinstance(local_sgd, bool) or not isinstance(local_sgd, int) or local_sgd < 1):
-            raise UserError(f"local_sgd must be an integer >= 1 (optimizer steps between averages), got {local_sgd!r}")
-        if isinstance(local_sgd_warmup, bool) or not isinstance(local_sgd_warmup, int) or local_sgd_warmup < 0:
-            raise UserError(f"local_sgd_warmup must be an integer >= 0, got {local_sgd_warmup!r}")
+        if local_sgd is not None:
+            check_int("local_sgd", local_sgd, 1, why=" (optimizer steps between averages)")
+        check_int("local_sgd_warmup", local_sgd_warmup, 0)
         if local_sgd is not None and self.compression.kind != "none":
             raise UserError("compression and local_sgd cannot be combined; choose one")
         if not isinstance(noise_scale, bool):

@@ -31,7 +31,7 @@ from torch import nn
 from corral.errors import UserError
 from corral.runtime import balance as bal
 from corral.runtime.strategies import optim_state
-from corral.runtime.strategies.base import Context, MicroStep, Strategy
+from corral.runtime.strategies.base import Context, MicroStep, Strategy, check_int
 
 SCHEDULES = ("1f1b", "gpipe", "interleaved")
 PROFILE_REPEATS = 3
@@ -57,8 +57,7 @@ class PipelineStrategy(Strategy):
         super().__init__(ctx, **unknown)
         if stages is None:
             raise UserError("strategy 'pipeline' needs stages=P (the number of pipeline stages)")
-        if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
-            raise UserError(f"stages must be an integer >= 1, got {stages!r}")
+        check_int("stages", stages, 1)
         if ctx.world_size % stages:
             raise UserError(
                 f"stages={stages} does not divide WORLD_SIZE={ctx.world_size}: dp x pp must equal WORLD_SIZE "
@@ -67,8 +66,7 @@ class PipelineStrategy(Strategy):
         if schedule not in SCHEDULES:
             raise UserError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         microbatches = stages if microbatches is None else microbatches
-        if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < stages:
-            raise UserError(f"microbatches must be an integer >= stages ({stages}), got {microbatches!r}")
+        check_int("microbatches", microbatches, stages, shown=f"stages ({stages})")
         if schedule == "interleaved" and microbatches % stages:
             raise UserError(
                 f"schedule 'interleaved' needs microbatches ({microbatches}) a multiple of stages ({stages})"
@@ -89,10 +87,8 @@ class PipelineStrategy(Strategy):
         self._mesh: Any = None
         self._modules: list[nn.Module] = []  # this rank's stage modules (DDP-wrapped when dp > 1)
         self._stage_ids: list[int] = []
-        self._owned: set[str] = set()  # top-level layer names held here ("0", "3", ...)
         self._schedule: Any = None
         self._loss_fn: Callable[..., torch.Tensor] | None = None
-        self._layers = 0
 
     # -- topology ------------------------------------------------------------------------
 
@@ -127,7 +123,6 @@ class PipelineStrategy(Strategy):
                 "write the model as nn.Sequential(embedding, *blocks, head)"
             )
         layers = list(model.named_children())
-        self._layers = len(layers)
         bal.check_stages(len(layers), self.stages_total)
         if not dist.is_initialized():
             raise UserError("strategy 'pipeline' runs under a launcher: corral run --nproc N script.py")
@@ -154,7 +149,6 @@ class PipelineStrategy(Strategy):
             a, b = self.split.bounds[s]
             sub = nn.Sequential(OrderedDict(layers[a:b]))  # the user's layer names: state_dict keys match
             keep |= {id(p) for p in sub.parameters()}
-            self._owned |= {name for name, _ in layers[a:b]}
             if self.ctx.precision == "bf16":
                 sub.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(sub.forward)  # type: ignore[method-assign]
             module: nn.Module = sub
@@ -231,9 +225,6 @@ class PipelineStrategy(Strategy):
                 f"schedule {self.schedule_name}, {self.microbatches} microbatches, dp {self.dp}",
                 flush=True,
             )
-
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        return model
 
     # -- the step ----------------------------------------------------------------------------
 
