@@ -187,7 +187,7 @@ def markdown(agg: list[dict], fid: list[dict], summary: dict, meta: dict) -> str
     lines += ["", "Where corral's runs differ from the artifact's by construction:", "",
               "- corral's `pollux` policy is a greedy allocation of goodput speedups (corral.sched.policies.pollux), "
               "not the artifact's genetic algorithm; its throughput models are fitted by "
-              "corral.sched.goodput.fit_throughput from the step times a job has run;",
+              "corral.goodput.fit_throughput from the step times a job has run;",
               "- an elastic job picks its batch size from the ground-truth profile "
               "(the artifact uses the fitted model);",
               "- AdaptDL's exploration limit (twice the most GPUs a job has run on) never goes below the GPUs "

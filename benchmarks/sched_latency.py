@@ -23,8 +23,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from corral.sched import goodput, policies
-from corral.sched.goodput import DEFAULT_MODEL, GoodputModel
+from corral import goodput
+from corral.sched import policies
+from corral.goodput import DEFAULT_MODEL, GoodputModel
 from corral.sched.placement import get_placer
 from corral.sched.types import ClusterView, JobView
 

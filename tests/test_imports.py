@@ -5,10 +5,12 @@ the imports inside functions (lazy imports run too, only later) and without
 those under `if TYPE_CHECKING:` (they never run). Layers:
 
     cli      -> anything
-    control  -> control, sched, runtime, errors
-    sim      -> sim, sched, errors
-    sched    -> sched, errors
-    runtime  -> runtime, errors   (the root package `corral` is part of it: it lazily loads the Job API)
+    control  -> control, sched, runtime, goodput, errors
+    sim      -> sim, sched, goodput, errors
+    sched    -> sched, goodput, errors
+    runtime  -> runtime, goodput, errors   (the root package `corral` is part of it: it lazily loads the Job API)
+    goodput  -> errors   (the model of throughput and statistical efficiency: the scheduler
+                          allocates by it, a job with an adaptive batch chooses its batch by it)
     errors   -> nothing
 
 Nothing imports `corral.cli`, and nothing inside the package imports the
@@ -28,11 +30,12 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "corral"
 
 # layer -> the layers its modules may import
 ALLOWED: dict[str, frozenset[str]] = {
-    "cli": frozenset({"cli", "control", "sim", "sched", "runtime", "errors"}),
-    "control": frozenset({"control", "sched", "runtime", "errors"}),
-    "sim": frozenset({"sim", "sched", "errors"}),
-    "sched": frozenset({"sched", "errors"}),
-    "runtime": frozenset({"runtime", "errors"}),
+    "cli": frozenset({"cli", "control", "sim", "sched", "runtime", "goodput", "errors"}),
+    "control": frozenset({"control", "sched", "runtime", "goodput", "errors"}),
+    "sim": frozenset({"sim", "sched", "goodput", "errors"}),
+    "sched": frozenset({"sched", "goodput", "errors"}),
+    "runtime": frozenset({"runtime", "goodput", "errors"}),
+    "goodput": frozenset({"goodput", "errors"}),
     "errors": frozenset(),
 }
 ROOT_NAMES_OK = frozenset({"__version__"})  # what the package itself may take from the root facade
@@ -131,6 +134,7 @@ def layer(module: str) -> str | None:
         "control": "control",
         "cli": "cli",
         "errors": "errors",
+        "goodput": "goodput",
     }.get(parts[1])
 
 

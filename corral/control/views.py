@@ -4,7 +4,7 @@ The fields mean what they mean in corral.sim: attained service in
 device-seconds, run time, restarts = runs started after the first (resumes
 after a preemption or a resize, restarts after a failure), a duration
 estimate (the user's, else one inferred from progress), and a throughput
-model fitted with corral.sched.goodput from the step times the job reported
+model fitted with corral.goodput from the step times the job reported
 (None until its first report: the policy's default model stands in).
 """
 
@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from corral.control.store import Job
-from corral.sched.goodput import GoodputModel, ThroughputParams, fit_throughput
+from corral.goodput import GoodputModel, ThroughputParams, fit_throughput
 from corral.sched.types import Allocation, JobView
 
 MIN_PROGRESS = 0.02  # progress below this says little about the duration

@@ -492,7 +492,7 @@ class Job:
         values = self._window.rates(self.step_count, self.stats.samples, self._last_boundary)
         if values and self.loader is not None:
             # The configuration the step time belongs to: the service fits each job's
-            # throughput model (corral.sched.goodput) keyed by nodes, replicas and local batch.
+            # throughput model (corral.goodput) keyed by nodes, replicas and local batch.
             values["replicas"] = float(self.dp_size)
             values["local_batch"] = float(self.loader.batch_size)
             values["nodes"] = float(env.num_nodes())

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover - import only for annotations
-    from corral.sched.goodput import GoodputModel
+    from corral.goodput import GoodputModel
 
 
 @dataclass(frozen=True)

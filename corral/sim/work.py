@@ -21,7 +21,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Protocol
 
-from corral.sched.goodput import GoodputModel, ThroughputParams, fit_throughput
+from corral.goodput import GoodputModel, ThroughputParams, fit_throughput
 from corral.sched.types import Allocation, ClusterView
 from corral.sim.profiles import BatchConfig
 from corral.sim.tracejob import TraceJob

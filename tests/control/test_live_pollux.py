@@ -22,7 +22,7 @@ import pytest
 from corral.control.server import free_port
 from corral.control.store import Store
 from corral.control.views import throughput_model
-from corral.sched.goodput import DEFAULT_MODEL
+from corral.goodput import DEFAULT_MODEL
 from tests.conftest import ROOT, WORKERS
 from tests.control.test_server_crash import start_server
 

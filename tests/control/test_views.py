@@ -8,7 +8,7 @@ import pytest
 
 from corral.control.store import OBSERVATIONS_KEPT, Store, observe_step_times
 from corral.control.views import EVERY_SAMPLE_COUNTS, duration_estimate, job_view, throughput_model
-from corral.sched.goodput import ThroughputParams, fit_throughput
+from corral.goodput import ThroughputParams, fit_throughput
 
 
 def _report(n: int, r: int, b: int, t: float) -> dict[str, float]:

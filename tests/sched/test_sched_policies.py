@@ -11,7 +11,7 @@ import pytest
 from sched_helpers import alloc, as_dicts, check_decision, job
 
 from corral.sched import policies
-from corral.sched.goodput import GoodputModel, ThroughputParams
+from corral.goodput import GoodputModel, ThroughputParams
 from corral.sched.types import REASON_PRIORITY, REASON_RESOURCES, REASON_UNSCHEDULABLE, ClusterView
 
 R, P, U = REASON_RESOURCES, REASON_PRIORITY, REASON_UNSCHEDULABLE

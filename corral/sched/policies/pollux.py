@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from corral.errors import UserError
-from corral.sched.goodput import DEFAULT_MODEL, GoodputModel, speedup_tables
+from corral.goodput import DEFAULT_MODEL, GoodputModel, speedup_tables
 from corral.sched.policies._common import (
     BasePolicy,
     Counts,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from corral.sched.goodput import (
+from corral.goodput import (
     DEFAULT_MODEL,
     GoodputModel,
     ThroughputParams,
