@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import goodput
-from corral.sched import policies
 from corral.goodput import DEFAULT_MODEL, GoodputModel
+from corral.sched import policies
 from corral.sched.placement import get_placer
 from corral.sched.types import ClusterView, JobView
 

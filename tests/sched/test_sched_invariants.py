@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sched_helpers import check_decision
 
-from corral.sched import policies
 from corral.goodput import DEFAULT_MODEL, GoodputModel, ThroughputParams
+from corral.sched import policies
 from corral.sched.policies._common import holds_valid, rigid_count, schedulable
 from corral.sched.policies.backfill import reservation
 from corral.sched.policies.fifo import fifo_key

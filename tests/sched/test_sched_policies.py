@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from sched_helpers import alloc, as_dicts, check_decision, job
 
-from corral.sched import policies
 from corral.goodput import GoodputModel, ThroughputParams
+from corral.sched import policies
 from corral.sched.types import REASON_PRIORITY, REASON_RESOURCES, REASON_UNSCHEDULABLE, ClusterView
 
 R, P, U = REASON_RESOURCES, REASON_PRIORITY, REASON_UNSCHEDULABLE
