@@ -465,6 +465,7 @@ def _print_job(job: dict[str, Any], events: list[dict[str, Any]], metrics: list[
         ("resizes", str(job["resizes"])),
         ("exit code", "-" if job["exit_code"] is None else str(job["exit_code"])),
         ("progress", _progress(job)),
+        ("scheduler model", _esc(job.get("model", ""))),
     ):
         counters.add_row(name, value)
     console.print(counters)

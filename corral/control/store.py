@@ -333,14 +333,26 @@ class Store:
 
 
 OBSERVATIONS_KEPT = 8  # reports averaged per configuration; later ones leave the fit alone (no refit churn)
+EFFICIENCY_KEY = "efficiency"  # the observations' entry for the latest gradient statistics
+EFFICIENCY_FIELDS = ("noise_scale", "init_batch", "max_batch", "max_local_batch")
 
 
 def observe_step_times(observed: dict[str, Any], reports: Sequence[dict[str, float]]) -> dict[str, Any] | None:
-    """`observed` with the step times of `reports` added by (nodes, replicas, local batch); None if unchanged."""
+    """`observed` with `reports` folded in; None if unchanged.
+
+    Seconds per micro-step are averaged by (nodes, replicas, local batch) under the key
+    "nodes,replicas,local"; the latest noise scale (already smoothed by the job) and, for an
+    adaptive batch, its bounds go under EFFICIENCY_KEY.
+    """
     out: dict[str, Any] | None = None
     for values in reports:
+        stats = _efficiency(values)
+        if stats is not None and stats != observed.get(EFFICIENCY_KEY):
+            out = dict(observed) if out is None else out
+            out[EFFICIENCY_KEY] = stats
         try:
-            t = float(values["step_time"])
+            # A step of k accumulated micro-steps: the model's unit is one micro-step (one local batch).
+            t = float(values["step_time"]) / max(1.0, float(values.get("accum_steps", 1)))
             key = f"{int(values.get('nodes', 1))},{int(values['replicas'])},{int(values['local_batch'])}"
         except (KeyError, TypeError, ValueError):
             continue
@@ -354,6 +366,26 @@ def observe_step_times(observed: dict[str, Any], reports: Sequence[dict[str, flo
             out = dict(observed)
         out[key] = [(mean * n + t) / (n + 1), n + 1]
     return out
+
+
+def _efficiency(values: dict[str, float]) -> dict[str, float] | None:
+    """The gradient statistics of one report (noise scale, adaptive-batch bounds), or None."""
+    try:
+        phi = float(values["noise_scale"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (phi >= 0 and phi < 1e12):
+        return None
+    # Three significant digits: the scheduler's model (and its cached tables) changes only when phi does.
+    stats = {"noise_scale": float(f"{phi:.3g}")}
+    for name in EFFICIENCY_FIELDS[1:]:
+        try:
+            v = float(values[name])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if v >= 1 and v < 1e12:
+            stats[name] = v
+    return stats
 
 
 def dumps(obj: Any) -> str:

@@ -4,8 +4,9 @@ The fields mean what they mean in corral.sim: attained service in
 device-seconds, run time, restarts = runs started after the first (resumes
 after a preemption or a resize, restarts after a failure), a duration
 estimate (the user's, else one inferred from progress), and a throughput
-model fitted with corral.goodput from the step times the job reported
-(None until its first report: the policy's default model stands in).
+model fitted with corral.goodput from the step times the job reported, with
+the statistical efficiency of its reported noise scale when its batch is
+adaptive (None until its first report: the policy's default model stands in).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from corral.control.store import Job
+from corral.control.store import EFFICIENCY_KEY, Job
 from corral.goodput import GoodputModel, ThroughputParams, fit_throughput
 from corral.sched.types import Allocation, JobView
 
@@ -62,27 +63,78 @@ def duration_estimate(spec: Mapping[str, Any], attained: float, progress: float 
     return None
 
 
-def throughput_model(observations: Mapping[str, Any], max_gpus: int) -> GoodputModel | None:
-    """The GoodputModel fitted from a job's step-time reports by configuration (None without any)."""
+def _rows(observations: Mapping[str, Any]) -> list[tuple[int, int, int, float]]:
+    """(nodes, replicas, local batch, seconds per micro-step) of each configuration a job reported."""
     rows = []
     for key, value in observations.items():
+        if key == EFFICIENCY_KEY:
+            continue
         try:
             nodes, replicas, local = (int(x) for x in key.split(","))
             rows.append((nodes, replicas, local, round(float(value[0]), 9)))
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, AttributeError):
             continue
-    rows = [row for row in rows if 1 <= row[0] <= row[1] and row[2] > 0 and row[3] > 0]
+    return [row for row in rows if 1 <= row[0] <= row[1] and row[2] > 0 and row[3] > 0]
+
+
+def _adaptive(observations: Mapping[str, Any]) -> tuple[float, float, float, float | None] | None:
+    """(noise scale, initial batch, max batch, max local batch) of a job with an adaptive batch, else None."""
+    stats = observations.get(EFFICIENCY_KEY)
+    if not isinstance(stats, Mapping):
+        return None
+    try:
+        phi, lo, hi = float(stats["noise_scale"]), float(stats["init_batch"]), float(stats["max_batch"])
+        cap = stats.get("max_local_batch")
+        cap = None if cap is None else float(cap)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (phi >= 0 and 0 < lo <= hi) or (cap is not None and cap <= 0):
+        return None
+    return phi, lo, hi, cap
+
+
+def throughput_model(observations: Mapping[str, Any], max_gpus: int) -> GoodputModel | None:
+    """The GoodputModel fitted from a job's reports (None without any step time).
+
+    Throughput comes from the step times by configuration. A job with an adaptive batch
+    also reports its noise scale and batch bounds: its model has Pollux's statistical
+    efficiency, and the policy may pick its batch. A fixed-batch job ends after its epochs
+    whatever its efficiency, so for it every sample counts (its goodput is its throughput).
+    """
+    rows = _rows(observations)
     if not rows:
         return None
     try:
-        return _model(tuple(sorted(rows)), max(1, max_gpus))
+        return _model(tuple(sorted(rows)), max(1, max_gpus), _adaptive(observations))
     except ValueError:  # reports the model cannot fit: the default model stands in
         return None
 
 
+def model_description(observations: Mapping[str, Any], max_gpus: int) -> str:
+    """What the scheduler knows of the job's scaling, in words (for `corral describe`)."""
+    rows = _rows(observations)
+    if not rows:
+        return "default model: no step times reported yet"
+    if throughput_model(observations, max_gpus) is None:
+        return "default model: the reported step times could not be fitted"
+    where = f"throughput fitted from {len(rows)} configuration{'s' if len(rows) > 1 else ''}"
+    adaptive = _adaptive(observations)
+    if adaptive is None:
+        return f"{where}; fixed batch (every sample counts toward its epochs)"
+    phi, lo, hi, _ = adaptive
+    return f"{where}; efficiency from noise scale {phi:.3g}, adaptive batch {lo:g}..{hi:g}"
+
+
 @lru_cache(maxsize=4096)
-def _model(rows: tuple[tuple[int, int, int, float], ...], max_gpus: int) -> GoodputModel:
+def _model(
+    rows: tuple[tuple[int, int, int, float], ...],
+    max_gpus: int,
+    adaptive: tuple[float, float, float, float | None] | None,
+) -> GoodputModel:
     params = _fit(tuple((float(n), float(r), float(b), t) for n, r, b, t in rows))
+    if adaptive is not None:
+        phi, lo, hi, cap = adaptive
+        return GoodputModel(params=params, init_batch=lo, max_batch=hi, noise_scale=phi, max_local_batch=cap)
     local = float(min(b for _, _, b, _ in rows))
     return GoodputModel(
         params=params,

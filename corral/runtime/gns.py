@@ -56,3 +56,12 @@ class NoiseScale:
         if self.updates == 0 or sqr <= 0 or var < 0:
             return None
         return var / sqr
+
+    def state_dict(self) -> dict[str, float]:
+        """The smoothed sums and their weight, for a checkpoint."""
+        return {"sqr": self._sqr, "var": self._var, "weight": self._weight, "updates": float(self.updates)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue from what state_dict() returned."""
+        self._sqr, self._var, self._weight = float(state["sqr"]), float(state["var"]), float(state["weight"])
+        self.updates = int(state["updates"])

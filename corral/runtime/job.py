@@ -32,6 +32,7 @@ from torch import nn
 from corral.errors import UserError
 from corral.runtime import checkpoint as ckpt
 from corral.runtime import env
+from corral.runtime.adaptive import AdaptiveBatch, Choice
 from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE
 from corral.runtime.loader import ShardedLoader, first_batch
 from corral.runtime.partition import (
@@ -88,6 +89,11 @@ class Job:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
         seed: int = 0,
+        batch_size: int | str | None = None,
+        initial_batch: int | None = None,
+        max_batch: int | None = None,
+        lr_scaling: str = "adascale",
+        max_local_batch: int | None = None,
         **strategy_options: Any,
     ) -> None:
         if strategy not in STRATEGIES:
@@ -100,6 +106,10 @@ class Job:
             raise UserError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise UserError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        self.adaptive = _adaptive_batch(
+            strategy, grad_accum, batch_size, initial_batch, max_batch, lr_scaling, max_local_batch
+        )
+        self.batch_size = batch_size if isinstance(batch_size, int) else None  # prepare()'s default
 
         self.rank = env.rank()
         self.local_rank = env.local_rank()
@@ -138,6 +148,11 @@ class Job:
         # The strategy checks its options before any process group starts.
         ctx = Context(self.rank, self.world_size, self.local_rank, self.device, precision, grad_accum, seed)
         self.strategy: Strategy = get_strategy(strategy, ctx, **strategy_options)
+        if self.adaptive is not None and not getattr(self.strategy, "measure", False):
+            raise UserError(
+                "batch_size='adaptive' needs the gradient noise scale, which compression='powersgd:...', "
+                "local_sgd and noise_scale=False turn off"
+            )
         self._init_process_group()
         self._vote = StopVote(self.distributed)  # after the process group: it makes its own
         seed_everything(seed)
@@ -148,6 +163,11 @@ class Job:
             self.state = dict(self._payload.get("state", {}))
             self.history = history_from_state(self._payload["sampler"]["history"])
             self.restored_from = self.step_count
+            saved_adaptive = self._payload.get("adaptive")
+            if self.adaptive is not None and saved_adaptive is not None:
+                self.adaptive.load_state_dict(saved_adaptive)
+                if saved_adaptive.get("gns") is not None:
+                    self.strategy.gns.load_state_dict(saved_adaptive["gns"])  # type: ignore[attr-defined]
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         with contextlib.suppress(ValueError):  # not the main thread: no handler, no preemption
             signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -156,6 +176,7 @@ class Job:
         self._reporter: Reporter | None = Reporter.from_env() if self.is_main else None
         self._window = ReportWindow()
         self._reported_progress: float | None = None
+        self._step_samples = 0  # nominal samples (all replicas) of the current optimizer step
 
     # -- set-up -------------------------------------------------------------
 
@@ -202,7 +223,7 @@ class Job:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         dataset: Any,
-        batch_size: int,
+        batch_size: int | None = None,
         partition: str = "strided",
         shuffle: bool = True,
         drop_last: bool = False,
@@ -218,14 +239,24 @@ class Job:
             model: the user's module (constructed identically on every rank).
             optimizer: an optimizer over `model.parameters()`.
             dataset: a map-style dataset (len and integer indexing).
-            batch_size: samples per data-parallel replica per micro-step.
+            batch_size: samples per data-parallel replica per micro-step (default: init's; under
+                batch_size="adaptive" the job chooses it and it must be left out).
             partition: "strided", "range", "hash" or "balanced" (needs `costs`).
         Returns:
             (model, optimizer, loader) in the order given; iterate the loader once per epoch.
         """
         check_partition(partition)
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if self.adaptive is not None:
+            if batch_size is not None:
+                raise UserError(
+                    "under batch_size='adaptive' the job chooses the batch: leave batch_size out of prepare()"
+                )
+            batch_size = self._decide().local_batch
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if batch_size is None:
+            raise UserError("job.prepare needs batch_size= (or corral.init(batch_size=...))")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         model.to(self.device)
         if self.precision == "bf16":
             # Patch forward (as Accelerate does) so the user's own forward call autocasts.
@@ -268,17 +299,61 @@ class Job:
     # -- the loop -----------------------------------------------------------
 
     def epochs(self, n: int) -> Iterator[int]:
-        """Yield epoch numbers up to `n`, starting after the last completed one when resuming."""
+        """Yield epoch numbers up to `n`, starting after the last completed one when resuming.
+
+        Under batch_size="adaptive", until n epochs' worth of progress at initial_batch is made:
+        a larger batch makes less progress per sample, so this may take more passes (epochs).
+        """
         if n < 0:
             raise UserError(f"number of epochs must be >= 0, got {n}")
+        if self.adaptive is not None and self.loader is None:
+            raise UserError("under batch_size='adaptive' call job.prepare(...) before job.epochs(n)")
         self._epochs_total = n
-        while self.epoch < n:
+        while not self._trained(n):
             yield self.epoch
             self._flush_accumulation()
             self.epoch += 1
             self.history = ()
+            if self.adaptive is not None:
+                self._decide()
             if self.checkpoint_dir is not None:
                 self.save()
+
+    def _trained(self, n: int) -> bool:
+        if self.adaptive is None or self.loader is None:
+            return self.epoch >= n
+        return self.adaptive.progress >= n * len(self.loader.dataset)
+
+    def progress_reached(self) -> bool:
+        """Asked by the loader at each optimizer step's start: the adaptive job made the progress epochs() asked."""
+        return (
+            self.adaptive is not None
+            and self._epochs_total is not None
+            and self.micro_step == 0
+            and self._trained(self._epochs_total)
+        )
+
+    def _decide(self) -> Choice:
+        """Choose the batch for this world size from rank 0's measurements, the same on every rank."""
+        assert self.adaptive is not None
+        if self._model is not None:  # later decisions: with what rank 0 measured since the last one
+            latest = self.strategy.gradient_stats().get("noise_scale")
+            shared = [(self.adaptive.step_times, self.adaptive.noise_scale if latest is None else latest)]
+            if self.distributed:
+                dist.broadcast_object_list(shared, src=0)
+            self.adaptive.step_times, self.adaptive.noise_scale = shared[0]
+        choice = self.adaptive.choose(env.num_nodes(), self.dp_size, self.step_count)
+        self.grad_accum = choice.accum
+        if self.loader is not None:
+            self.loader.batch_size = choice.local_batch
+        if self.is_main:
+            phi = self.adaptive.noise_scale
+            _console().print(
+                f"[corral] adaptive batch: {choice.replicas} x {choice.local_batch} x {choice.accum} = "
+                f"{choice.global_batch} (noise scale {'unknown' if phi is None else f'{phi:.4g}'}, "
+                f"lr x {self.adaptive.lr_factor():.3g}, {self.adaptive.lr_scaling})"
+            )
+        return choice
 
     def use_loader(self, loader: ShardedLoader) -> None:
         """Called by a loader as an epoch's iteration starts: its position is what checkpoints record."""
@@ -329,6 +404,7 @@ class Job:
         self.end_micro_step()
         if self._from_loader and self.loader is not None:
             self.stats.samples += self.loader.batch_size * self.dp_size
+            self._step_samples += self.loader.batch_size * self.dp_size
         self._from_loader = False
         self.micro_step += 1
         if boundary:
@@ -360,18 +436,25 @@ class Job:
             self._scaler.unscale_(opt)
         if self.max_grad_norm is not None:
             self.strategy.clip_grad_norm(self._model, self.max_grad_norm)
-        if self._scaler is not None:
-            self._scaler.step(opt)
-            self._scaler.update()
-        else:
-            self.strategy.optimizer_step(opt)
+        with _scaled_lr(opt, self.adaptive.lr_factor() if self.adaptive is not None else 1.0):
+            if self._scaler is not None:
+                self._scaler.step(opt)
+                self._scaler.update()
+            else:
+                self.strategy.optimizer_step(opt)
         opt.zero_grad(set_to_none=True)
+        full = self.micro_step == self.grad_accum
         self.micro_step = 0
         self.step_count += 1
         if self.loader is not None:
             # Everything yielded so far is now inside the model's weights.
             self.loader.batches_done = self.loader.yielded
-        self._straggler_delay()
+        own_s = self._straggler_delay()
+        if self.adaptive is not None:
+            self.adaptive.count(self._step_samples)
+            if full and self.adaptive.choice is not None:
+                self.adaptive.observe(env.num_nodes(), self.adaptive.choice, own_s)
+        self._step_samples = 0
         if self._reporter is not None and self._last_boundary >= self._window.due:
             self._report_throughput()
         if not self.strategy.lockstep:
@@ -381,15 +464,18 @@ class Job:
         if self._vote.should_stop(self.step_count, self.stats.last_step_s):
             self.exit_preempted()
 
-    def _straggler_delay(self) -> None:
+    def _straggler_delay(self) -> float:
+        """Slow a simulated straggler down; returns this step's own time (without what ran between epochs)."""
         now = time.perf_counter()
         self.stats.last_step_s = now - self._last_boundary
+        own = now - max(self._last_boundary, self._straggle_from)
         if self._straggle > 1.0:
             # Slower by this step's own time, not by set-up or what ran between epochs (e.g. the
             # wait for parameter servers to start, which would stall a straggler for seconds).
-            time.sleep((self._straggle - 1.0) * (now - max(self._last_boundary, self._straggle_from)))
+            time.sleep((self._straggle - 1.0) * own)
             now = time.perf_counter()
         self._last_boundary = now
+        return own
 
     # -- preemption ---------------------------------------------------------
 
@@ -445,6 +531,12 @@ class Job:
             }
             if self._scaler is not None:
                 payload["scaler"] = self._scaler.state_dict()
+            if self.adaptive is not None:
+                gns = self.strategy.gns  # type: ignore[attr-defined]
+                payload["adaptive"] = {
+                    **self.adaptive.state_dict(self.strategy.gradient_stats().get("noise_scale")),
+                    "gns": gns.state_dict(),
+                }
             ckpt.save_atomic(payload, ckpt.checkpoint_path(self.checkpoint_dir))
         if self.distributed:
             dist.barrier()
@@ -498,6 +590,14 @@ class Job:
             values["nodes"] = float(env.num_nodes())
             values["accum_steps"] = float(self.grad_accum)
             values.update(self.strategy.gradient_stats())
+            if self.adaptive is not None:
+                # The bounds the scheduler may choose the batch in (its goodput model, corral.goodput).
+                values["init_batch"] = float(self.adaptive.initial_batch)
+                values["max_batch"] = float(self.adaptive.max_batch)
+                if self.adaptive.max_local_batch is not None:
+                    values["max_local_batch"] = float(self.adaptive.max_local_batch)
+                if self.adaptive.choice is not None:
+                    values["global_batch"] = float(self.adaptive.choice.global_batch)
             sent = self.strategy.comm_bytes_per_step()
             if sent is not None:
                 values["comm_bytes_per_step"] = sent
@@ -513,6 +613,9 @@ class Job:
         n = self._epochs_total
         if n is None:
             return None
+        if self.adaptive is not None and self.loader is not None:
+            wanted = n * len(self.loader.dataset)
+            return 1.0 if wanted <= 0 else min(1.0, self.adaptive.progress / wanted)
         if n == 0 or self.epoch >= n:
             return 1.0
         within = self.loader.fraction_done(self.epoch) if self.loader is not None else 0.0
@@ -568,9 +671,19 @@ def init(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     seed: int = 0,
+    batch_size: int | str | None = None,
+    initial_batch: int | None = None,
+    max_batch: int | None = None,
+    lr_scaling: str = "adascale",
+    max_local_batch: int | None = None,
     **strategy_options: Any,
 ) -> Job:
-    """Join the job: read the launcher's environment, start the process group, resume a checkpoint."""
+    """Join the job: read the launcher's environment, start the process group, resume a checkpoint.
+
+    `batch_size="adaptive"` with `initial_batch` and `max_batch` (and optionally `lr_scaling`,
+    "adascale", "linear" or "sqrt", and `max_local_batch`) lets the job choose its batch by
+    goodput (corral.runtime.adaptive); an integer is prepare()'s default local batch.
+    """
     return Job(
         strategy=strategy,
         precision=precision,
@@ -579,8 +692,70 @@ def init(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         seed=seed,
+        batch_size=batch_size,
+        initial_batch=initial_batch,
+        max_batch=max_batch,
+        lr_scaling=lr_scaling,
+        max_local_batch=max_local_batch,
         **strategy_options,
     )
+
+
+def _adaptive_batch(
+    strategy: str,
+    grad_accum: int,
+    batch_size: Any,
+    initial_batch: Any,
+    max_batch: Any,
+    lr_scaling: Any,
+    max_local_batch: Any,
+) -> AdaptiveBatch | None:
+    """The adaptive-batch state init()'s options ask for (None for a fixed batch), or one UserError."""
+    if batch_size != "adaptive":
+        if isinstance(batch_size, str) or isinstance(batch_size, bool):
+            raise UserError(f"batch_size must be an integer >= 1 or 'adaptive', got {batch_size!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise UserError(f"batch_size must be an integer >= 1 or 'adaptive', got {batch_size!r}")
+        given = [
+            k
+            for k, v in (
+                ("initial_batch", initial_batch),
+                ("max_batch", max_batch),
+                ("max_local_batch", max_local_batch),
+            )
+            if v is not None
+        ]
+        if given or lr_scaling != "adascale":
+            names = ", ".join(given + (["lr_scaling"] if lr_scaling != "adascale" else []))
+            raise UserError(f"{names} only apply with batch_size='adaptive'")
+        return None
+    if strategy != "ddp":
+        raise UserError(
+            f"batch_size='adaptive' needs strategy 'ddp' (it measures the gradient noise scale), not {strategy!r}"
+        )
+    if grad_accum != 1:
+        raise UserError("under batch_size='adaptive' the job chooses its accumulation steps: leave grad_accum out")
+    if initial_batch is None or max_batch is None:
+        raise UserError("batch_size='adaptive' needs initial_batch= and max_batch= (global batch sizes, samples)")
+    return AdaptiveBatch(
+        initial_batch=initial_batch, max_batch=max_batch, lr_scaling=lr_scaling, max_local_batch=max_local_batch
+    )
+
+
+@contextlib.contextmanager
+def _scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
+    """Every group's learning rate times `factor` for one step; the user's own schedule is left as it was."""
+    if factor == 1.0:
+        yield
+        return
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
 
 
 _CONSOLE = None

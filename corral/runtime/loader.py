@@ -94,6 +94,8 @@ class ShardedLoader:
         start = self.batches_done
         job.use_loader(self)
         for b in range(start, plan.num_batches):
+            if job.progress_reached():
+                break  # an adaptive batch made the progress asked for mid-pass (Job.epochs)
             batch = to_device(self._fetch(plan.batch(b)), job.device)
             job.begin_micro_step(last_of_epoch=b == plan.num_batches - 1)
             self.yielded = b + 1

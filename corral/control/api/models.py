@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from corral.control.store import Job, User
+from corral.control.views import model_description
 
 REDACTED = "***"  # what a job's env values read as to anyone but its owner and admins
 
@@ -37,6 +38,7 @@ class JobOut(BaseModel):
     exit_code: int | None
     step: int
     progress: float | None
+    model: str = Field(description="What the scheduler knows of the job's scaling: its fitted model, or the default")
     last_log: str = Field(description='The last lines of a failed run (owner and admins only; "" to others)')
     spec: dict[str, Any] = Field(
         description="The spec as submitted; `env` values are redacted for others than the owner and admins"
@@ -203,6 +205,7 @@ def job_out(job: Job, viewer: User) -> JobOut:
         exit_code=job.exit_code,
         step=job.step,
         progress=job.progress,
+        model=model_description(job.observations or {}, job.max_gpus),
         last_log=(job.last_log or "") if full else "",
         spec=dict(spec) if full else redacted_spec(spec),
     )

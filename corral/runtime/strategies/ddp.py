@@ -202,7 +202,8 @@ class DDPStrategy(Strategy):
 
     def _local_batch(self) -> int | None:
         loader = getattr(self._job, "loader", None)
-        return loader.batch_size * self.ctx.grad_accum if loader is not None else None
+        # The job's, not the context's: an adaptive batch changes its accumulation steps.
+        return loader.batch_size * self._job.grad_accum if loader is not None else None
 
     def _observe_noise(self, optimizer: torch.optim.Optimizer) -> None:
         """Fold this step's gradient norms into the noise scale estimate (before the step changes them)."""
