@@ -338,6 +338,7 @@ def test_another_users_job_may_be_described_but_not_cancelled_or_read(
     assert state(idle, 1) == "PENDING" and count_jobs(idle) == 1
     r = cli("describe", "1", env=idle.env(bob))
     assert r.code == 0 and "alices" in r.out and "alice" in r.out and "PENDING" in r.out
+    assert "scheduler model" in r.out and "default model: no step times reported yet" in r.out  # nothing reported
     r = cli("logs", "1", env=idle.env(alice))  # the owner may; nothing written yet
     assert r.code == 0 and r.out == "" and "no output (PENDING)" in r.err
     r = cli("cancel", "1", env=idle.env(alice))

@@ -10,8 +10,6 @@ every job has before its reports, Pollux would have kept 2 and 2.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,11 +18,11 @@ import httpx
 import pytest
 
 from corral.control.server import free_port
-from corral.control.store import Store
+from corral.control.store import EFFICIENCY_KEY, Store
 from corral.control.views import throughput_model
 from corral.goodput import DEFAULT_MODEL
 from tests.conftest import ROOT, WORKERS
-from tests.control.test_server_crash import start_server
+from tests.control.test_server_crash import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 API = "/api/v1"
@@ -85,7 +83,8 @@ def test_pollux_shrinks_the_job_its_fitted_model_says_scales_badly(tmp_path: Pat
         _wait(lambda: _sizes(c, poor) == [1, 2, 1], 150, lambda: (state(), store.get_job(poor).observations))
         _wait(lambda: c.get(f"{API}/jobs/{poor}").json()["state"] == "RUNNING", 60, state)
         observed = store.get_job(poor).observations
-        assert set(observed) == {"1,1,4", "1,2,4"}, observed
+        # Step times from the two configurations it ran; its noise scale rides beside them (a fixed batch: unused).
+        assert set(observed) - {EFFICIENCY_KEY} == {"1,1,4", "1,2,4"}, observed
         assert _sizes(c, good) == [2]  # `good` was never resized: it kept its 2 devices throughout
         # The shrink is the fitted model's doing: it says 2 devices are slower than 1 for `poor`,
         # where the default model (all Pollux had before the reports) says they are faster.
@@ -97,8 +96,4 @@ def test_pollux_shrinks_the_job_its_fitted_model_says_scales_badly(tmp_path: Pat
         _wait(lambda: all(s == "CANCELLED" for _, s, _ in state()), 60, state)
     finally:
         c.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, home)

@@ -88,13 +88,19 @@ def test_server_sigkill_and_restart(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, [state(j) for j in (survives, lost, waits)]
         time.sleep(0.1)
     assert state(waits)["state"] == "PENDING"
-    lost_run = _run_tree(lost)
+    lost_run = _run_tree(home, lost)
+    assert lost_run, "the run of `lost` was not found"
 
     server.send_signal(signal.SIGKILL)
     server.wait()
     # While the service is down: one run ends on its own later, one is killed outright.
     for proc in lost_run:
         proc.kill()
+    psutil.wait_procs(lost_run, timeout=10)
+    # The kill must land mid-run for the test to mean anything: a run that had already
+    # finished (a slow poll on a loaded machine) would rightly be adopted as SUCCEEDED.
+    assert not (tmp_path / "lost" / "trace-0-0.json").exists(), "the run ended before it was killed"
+    assert not (home / "jobs" / str(lost) / "attempt-1.exit").exists()
     time.sleep(1)
 
     server = start_server(home, port)
@@ -118,14 +124,41 @@ def test_server_sigkill_and_restart(tmp_path: Path) -> None:
         assert w["attempt"] == 1
         assert len(c.get(f"{API}/jobs").json()["jobs"]) == 3  # none lost, none duplicated
     finally:
-        server.send_signal(signal.SIGTERM)
+        stop_server(server, home)
+
+
+def stop_server(server: subprocess.Popen[bytes], home: Path) -> None:
+    """Stop a `corral server` and every run it left (runs outlive the service by design; a test must not)."""
+    server.send_signal(signal.SIGTERM)
+    try:
         server.wait(timeout=30)
-
-
-def _run_tree(job_id: int) -> list[psutil.Process]:
-    """Every process of the run of `job_id`: runner, launcher, workers (as a crashed machine would lose them)."""
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    runs = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "corral.control.runner" in cmd and any(f"/jobs/{job_id}/attempt-" in a for a in cmd):
+        if "corral.control.runner" in cmd and any(a.startswith(f"{home}/jobs/") for a in cmd):
+            try:
+                runs += [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+    for proc in runs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(runs, timeout=10)
+
+
+def _run_tree(home: Path, job_id: int) -> list[psutil.Process]:
+    """Every process of the run of `job_id` under `home`: runner, launcher, workers (what a lost machine loses).
+
+    Matched by the full path of the job's folder: a run another test left behind has the same job id.
+    """
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "corral.control.runner" in cmd and any(a.startswith(f"{home}/jobs/{job_id}/attempt-") for a in cmd):
             return [proc, *proc.children(recursive=True)]
+    return []
     raise AssertionError(f"no run of job {job_id}")
