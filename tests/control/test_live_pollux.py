@@ -1,11 +1,12 @@
 """Live `pollux` with real processes: a real `corral server` resizes jobs by the models fitted from their reports.
 
-Two elastic jobs on 4 device slots. `poor` scales badly (each replica beyond the first adds 0.3 s to a
+Three elastic jobs on 4 device slots. `poor` scales badly (each replica beyond the first adds 0.3 s to a
 0.05 s step), `good` scales perfectly. `poor` first runs alone on the one free device and reports its step
 time there; when devices free up, Pollux (which knows only that one point, so no sync cost) grows it to 2
 beside `good`. Once `poor` has reported its step time on 2 replicas, its fitted model says 2 devices are
 slower than 1, and Pollux shrinks it back to 1, while `good` keeps its devices. With the default model that
-every job has before its reports, Pollux would have kept 2 and 2.
+every job has before its reports, Pollux would have kept 2 and 2. A third elastic job then takes the freed
+device, and the live allocation of all three is the one Pollux computes from their three fitted models.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.control.executors.local import NODE
 from corral.control.server import free_port
 from corral.control.store import EFFICIENCY_KEY, Store
-from corral.control.views import throughput_model
+from corral.control.views import job_view, throughput_model
 from corral.goodput import DEFAULT_MODEL
+from corral.sched import policies
+from corral.sched.types import ClusterView, Node
 from tests.conftest import ROOT, WORKERS
 from tests.control.test_server_crash import start_server, stop_server
 
@@ -91,7 +95,18 @@ def test_pollux_shrinks_the_job_its_fitted_model_says_scales_badly(tmp_path: Pat
         fitted = throughput_model(observed, 4)
         assert fitted is not None and fitted.speedup(1, 2) < 1.0 < DEFAULT_MODEL.speedup(1, 2)
         assert c.get(f"{API}/jobs/{poor}").json()["resizes"] == 2
-        for job in (poor, good):
+        # A third elastic job takes the device `poor` gave back (4 slots tile as 1 + 2 + 1). Once all three have
+        # reported, the live allocation is what Pollux decides on the three models fitted from their reports.
+        late = submit("late", _trainer(tmp_path / "late"), 1, 1, 4)
+        _wait(lambda: "1,1,4" in (store.get_job(late).observations or {}), 90, state)
+        jobs = {j: store.get_job(j) for j in (poor, good, late)}
+        assert all(v.state == "RUNNING" for v in jobs.values()), state()
+        views = [job_view(v) for v in jobs.values()]
+        assert all(v.throughput is not None for v in views)  # every job has its fitted model, none the default
+        decision = policies.get("pollux").schedule(time.time(), views, ClusterView((Node(NODE, 4, {}),)))
+        planned = {int(j): a.num_devices for j, a in decision.allocations.items()}
+        assert planned == {poor: 1, good: 2, late: 1} == {j: v.allocation.num_devices for j, v in zip(jobs, views)}
+        for job in (poor, good, late):
             c.post(f"{API}/jobs/{job}/cancel")
         _wait(lambda: all(s == "CANCELLED" for _, s, _ in state()), 60, state)
     finally:
