@@ -1,8 +1,9 @@
 """Persistent state of the service: jobs, their transitions, metrics and users (SQLAlchemy 2).
 
 SQLite in WAL mode by default (readers never block the scheduler's writer),
-PostgreSQL by URL. Every state change goes through `Store.transition`, which
-writes the new state and its event in the same transaction.
+PostgreSQL by URL (`postgresql://...`, with psycopg 3). Every state change goes through
+`Store.transition`, which writes the new state and its event in the same transaction.
+The schema is Alembic's (corral.control.migrations): opening a store upgrades its database.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -26,21 +28,40 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     create_engine,
     event,
     insert,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from corral.control import migrations
 from corral.control.states import JobState, can_move
 from corral.errors import UserError
 
 
 class Base(DeclarativeBase):
     """Declarative base of corral's tables."""
+
+
+# Ids of rows that accumulate (jobs, events, metrics): 64-bit. PostgreSQL's INTEGER is 32-bit (metrics
+# reported every second overflow it within months); SQLite's INTEGER PRIMARY KEY is 64-bit already and
+# must stay spelled INTEGER to remain the autoincrementing rowid.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+MAX_ID = 2**63 - 1
+
+
+class CleanText(TypeDecorator[str]):
+    """Text with NUL characters replaced (U+FFFD): PostgreSQL's text refuses them, a job's output may hold them."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
 class User(Base):
@@ -58,7 +79,7 @@ class Job(Base):
     """A submitted job: its spec, where it is in its life, and what it has used."""
 
     __tablename__ = "jobs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128))
     user: Mapped[str] = mapped_column(String(64), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -89,7 +110,7 @@ class Job(Base):
     intent_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Run time and attained service are counted up to this time (never twice, even across restarts).
     accounted_until: Mapped[float | None] = mapped_column(Float, nullable=True)
-    last_log: Mapped[str] = mapped_column(Text, default="")
+    last_log: Mapped[str] = mapped_column(CleanText, default="")
     step: Mapped[int] = mapped_column(Integer, default=0)
     # Step times the job reported, by configuration: {"nodes,replicas,local_batch": [mean s, reports]};
     # the scheduler fits the job's throughput model from them (corral.control.views).
@@ -103,12 +124,12 @@ class Event(Base):
     """One state transition of a job, with its time and cause."""
 
     __tablename__ = "events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigId, ForeignKey("jobs.id"), index=True)
     time: Mapped[float] = mapped_column(Float, default=time.time)
     src: Mapped[str] = mapped_column(String(16), default="")
     dst: Mapped[str] = mapped_column(String(16))
-    cause: Mapped[str] = mapped_column(Text, default="")
+    cause: Mapped[str] = mapped_column(CleanText, default="")
     # Structured facts of the transition (e.g. {"allocation": {node: [devices]}}); `cause` is for people.
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
@@ -117,8 +138,8 @@ class Metric(Base):
     """Metrics a running job reported (loss, accuracy, step time...)."""
 
     __tablename__ = "metrics"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigId, ForeignKey("jobs.id"), index=True)
     time: Mapped[float] = mapped_column(Float, default=time.time)
     step: Mapped[int] = mapped_column(Integer, default=0)
     values: Mapped[dict[str, float]] = mapped_column(JSON)
@@ -139,9 +160,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _json(obj: Any) -> str:
+    # NaN and infinities are not JSON: PostgreSQL refuses them, so SQLite does too (same behaviour on both).
+    return json.dumps(obj, allow_nan=False)
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=_json)
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _record: Any) -> None:
@@ -152,7 +178,10 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):  # no driver named: psycopg 3, the one corral installs
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True, json_serializer=_json)
 
 
 class Store:
@@ -162,10 +191,14 @@ class Store:
         self.url = url or default_db_url()
         try:
             self.engine = _make_engine(self.url)
-            Base.metadata.create_all(self.engine)
-        except Exception as exc:  # a bad URL or an unreachable server
+            migrations.upgrade(self.engine)
+        except Exception as exc:  # a bad URL, an unreachable server, a schema newer than this code
             raise UserError(f"cannot open database {self.url}: {str(exc).splitlines()[0]}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        """Close the store's connections (the object is not used afterwards)."""
+        self.engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -266,6 +299,8 @@ class Store:
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
+        if not 0 < job_id <= MAX_ID:  # no such row, and PostgreSQL refuses to compare an id with it
+            return None
         with self.session() as s:
             return s.get(Job, job_id)
 
@@ -314,9 +349,11 @@ class Store:
         """Record several (step, values, time) reports of a job in one transaction."""
         now = time.time()
         with self.session() as s:
+            # The job's row locked first (PostgreSQL; SQLite ignores FOR UPDATE): two batches at once
+            # would otherwise both read the same observations and one would lose its update.
+            job = s.get(Job, job_id, with_for_update=True)
             for step, values, t in records:
                 s.add(Metric(job_id=job_id, step=step, values=values, time=t or now))
-            job = s.get(Job, job_id)
             if job is not None and records:
                 job.step = max(job.step, max(r[0] for r in records))
                 progress = [r[1]["progress"] for r in records if "progress" in r[1]]

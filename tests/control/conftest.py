@@ -1,4 +1,8 @@
-"""A live corral service for tests: API on a free 127.0.0.1 port, scheduler loop, temp home and database."""
+"""A live corral service for tests: API on a free 127.0.0.1 port, scheduler loop, temp home and database.
+
+Databases: `db_url` is parametrised over SQLite and PostgreSQL (a fresh database on one server per
+session, `postgres_server`); a test or fixture that takes it runs once on each.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,39 @@ import pytest
 
 from corral.control.server import ServerThread
 from corral.control.service import Service, ServiceConfig
+from tests.control.postgres import PostgresServer, in_ci
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session; fails under CI (CI=true) if it cannot start, else skips."""
+    try:
+        server = PostgresServer()
+    except Exception as exc:
+        reason = f"PostgreSQL could not be started: {str(exc).strip()[:500]}"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database's SQLAlchemy URL: SQLite in tmp_path, then PostgreSQL (one test run on each)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'corral.db'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @dataclass
@@ -42,11 +79,17 @@ class LiveServer:
 
 
 def start_server(
-    home: Path, *, devices: int = 2, policy: str = "priority", round_seconds: float = 1.0, grace: float = 10.0
+    home: Path,
+    *,
+    devices: int = 2,
+    policy: str = "priority",
+    round_seconds: float = 1.0,
+    grace: float = 10.0,
+    db: str | None = None,
 ) -> tuple[ServerThread, LiveServer]:
-    """Start a service with its API in this process."""
+    """Start a service with its API in this process; `db` is its database URL (default: SQLite in `home`)."""
     service = Service(
-        ServiceConfig(home=home, devices=devices, policy=policy, round_seconds=round_seconds, grace=grace)
+        ServiceConfig(home=home, devices=devices, policy=policy, round_seconds=round_seconds, grace=grace, db=db)
     )
     service.ensure_admin()
     token = (home / "admin-token").read_text().strip()
@@ -70,6 +113,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
         for run in list(t.service.executor.runs.values()):  # leave no run behind
             t.service.executor.stop(run.handle, 0)
         _reap(t.service)
+        t.service.store.close()  # no connection left open to a database the test drops
 
 
 def _reap(service: Service) -> None:

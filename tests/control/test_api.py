@@ -1,11 +1,14 @@
-"""The HTTP API: every route with good and bad input; bad input is one 4xx line and changes nothing."""
+"""The HTTP API: every route with good and bad input; bad input is one 4xx line and changes nothing.
+
+Every test runs twice: on SQLite, and on PostgreSQL (the `server` fixture below takes `db_url`).
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,6 +18,12 @@ from tests.conftest import ROOT, WORKERS
 from tests.control.conftest import LiveServer
 
 API = "/api/v1"
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LiveServer], db_url: str) -> LiveServer:
+    """A live server with 2 device slots and the priority policy, on SQLite, then on PostgreSQL."""
+    return make_server(db=db_url)
 
 
 def spec(name: str = "j", cmd: str = "python -c pass", gpus: int = 1, **extra) -> dict:

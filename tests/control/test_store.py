@@ -1,10 +1,12 @@
-"""The store: jobs, transitions recorded with their cause, users and hashed tokens."""
+"""The store: jobs, transitions recorded with their cause, users and hashed tokens; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
 import pytest
+from sqlalchemy.exc import StatementError
 
 from corral.control.states import JobState
 from corral.control.store import Job, Store, hash_token
@@ -12,12 +14,15 @@ from corral.errors import UserError
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'corral.db'}")
+def store(db_url: str) -> Iterator[Store]:
+    """A store on an empty database: SQLite, then PostgreSQL."""
+    store = Store(db_url)
+    yield store
+    store.close()
 
 
-def test_sqlite_runs_in_wal_mode(store, tmp_path) -> None:
-    store.add_job({"name": "a", "entrypoint": "x"}, "alice")
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    Store(f"sqlite:///{tmp_path / 'corral.db'}").add_job({"name": "a", "entrypoint": "x"}, "alice")
     assert sqlite3.connect(tmp_path / "corral.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -60,3 +65,25 @@ def test_list_filters_by_state_and_user(store) -> None:
 def test_unreachable_database_is_a_user_error() -> None:
     with pytest.raises(UserError, match="cannot open database"):
         Store("sqlite:////nonexistent-dir/x/y.db")
+
+
+def test_values_postgresql_refuses_are_handled_alike_on_both(store) -> None:
+    """NUL in text (a job's output), NaN in JSON, ids past 32 bits: the same answer on SQLite and PostgreSQL."""
+    job = store.add_job({"name": "a", "entrypoint": "x", "env": {"A": "nul \x00 in json is escaped"}}, "alice")
+    with store.session() as s:
+        j = s.get(Job, job.id)
+        j.last_log = "binary \x00 output"
+        store.transition(s, j, JobState.CANCELLED, "cause \x00")
+    got = store.get_job(job.id)
+    assert got.last_log == "binary \ufffd output" and got.spec["env"]["A"] == "nul \x00 in json is escaped"
+    assert store.events(job.id)[-1].cause == "cause \ufffd"
+    with pytest.raises((ValueError, StatementError), match="not JSON compliant"):
+        store.add_metrics(job.id, 1, {"loss": float("nan")})
+    assert store.metrics(job.id) == []
+    assert store.get_job(3_000_000_000) is None and store.get_job(2**63) is None and store.get_job(0) is None
+
+
+def test_a_postgresql_url_without_a_driver_uses_psycopg(postgres_url: str) -> None:
+    store = Store(postgres_url.replace("postgresql+psycopg://", "postgresql://"))
+    assert store.engine.dialect.driver == "psycopg" and store.get_job(1) is None
+    store.close()
