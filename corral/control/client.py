@@ -24,22 +24,67 @@ def client_home() -> Path:
 
 
 def resolve_server(server: str | None = None) -> str:
-    """--server, else CORRAL_SERVER, else the default local address."""
-    url = (server or os.environ.get("CORRAL_SERVER") or DEFAULT_SERVER).strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
+    """--server, else CORRAL_SERVER, else the default local address; UserError naming the source when the
+    URL is malformed (no host, a port outside 1..65535, not http(s), characters a URL cannot hold)."""
+    source = "--server" if server else "CORRAL_SERVER" if os.environ.get("CORRAL_SERVER") else "the default server"
+    url = (server or os.environ.get("CORRAL_SERVER") or DEFAULT_SERVER).strip()
+    if "://" not in url:
         url = "http://" + url
+    url = url.rstrip("/")
+    check_server_url(url, source)
     return url
 
 
+def check_server_url(url: str, source: str = "--server") -> None:
+    """UserError naming `source` unless `url` is an http(s) URL with a host and a valid port."""
+    from urllib.parse import urlsplit
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{source}: {url!r} {why} (expected http://HOST:PORT or https://HOST:PORT)")
+
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise bad("is not a valid URL: it holds spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        port_error = "port" in str(exc).lower()
+        raise bad(
+            "has a port that is not an integer in 1..65535" if port_error else f"is not a valid URL ({exc})"
+        ) from None
+    if parts.scheme not in ("http", "https"):
+        raise bad("must start with http:// or https://")
+    if not parts.hostname:
+        raise bad("has no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise bad("has a port that is not an integer in 1..65535")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise bad(f"is not a valid URL ({exc})") from None
+
+
+def check_token(token: str, source: str) -> str:
+    """The token, unless it holds characters an HTTP header cannot carry (the token itself is never shown)."""
+    if not token.isascii():
+        raise UserError(f"{source}: the token holds non-ASCII characters; corral tokens are ASCII, copy it again")
+    if not token.isprintable() or any(c.isspace() for c in token):
+        raise UserError(f"{source}: the token holds spaces or control characters; corral tokens have none")
+    return token
+
+
 def resolve_token(token: str | None = None) -> str:
-    """--token, else CORRAL_TOKEN, else the file $CORRAL_HOME/token; UserError naming the three when none is set."""
+    """--token, else CORRAL_TOKEN, else the file $CORRAL_HOME/token; UserError naming the three when none is set,
+    or naming the one whose token is malformed."""
     if token:
-        return token.strip()
+        return check_token(token.strip(), "--token")
     if os.environ.get("CORRAL_TOKEN", "").strip():
-        return os.environ["CORRAL_TOKEN"].strip()
+        return check_token(os.environ["CORRAL_TOKEN"].strip(), "CORRAL_TOKEN")
     path = client_home() / "token"
     try:
-        text = path.read_text().strip()
+        text = path.read_bytes().decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: the token file is not UTF-8 text; write the token there again") from None
     except OSError:
         text = ""
     if not text:
@@ -47,7 +92,7 @@ def resolve_token(token: str | None = None) -> str:
             f"no token: pass --token TOKEN, set CORRAL_TOKEN, or write it to {path} "
             "(an admin creates one with `corral token create NAME`)"
         )
-    return text
+    return check_token(text, str(path))
 
 
 class Client:

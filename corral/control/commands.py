@@ -234,7 +234,7 @@ def server_command(
     from corral.control.service import Service, ServiceConfig
 
     check_port(host, port)
-    home_dir = (home or client_home()).expanduser().resolve()
+    home_dir = _home_dir(home or client_home())
     had_token = (home_dir / "token").exists()
     service = Service(
         ServiceConfig(
@@ -266,6 +266,24 @@ def server_command(
     serve(service, host, port)
 
 
+def _home_dir(home: Path) -> Path:
+    """The server's home as an absolute path: a folder, or one that can be made (it is made later, by the
+    service); UserError when it or a parent is a file, or it cannot be written."""
+    try:
+        path = home.expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # ~user of no known user, a symlink loop
+        raise UserError(f"--home {home}: not a usable folder ({exc})") from None
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "it" if existing == path else str(existing)
+        raise UserError(f"--home {home}: {what} exists and is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--home {home}: {existing} is not writable")
+    return path
+
+
 def token_create(
     user: Annotated[str, typer.Argument(help="Name of the user to create (or give a new token).", show_default=False)],
     admin: Annotated[bool, typer.Option("--admin", help="Make the user an admin.")] = False,
@@ -290,12 +308,23 @@ def _resolve_workdir(spec: Any, job_file: Path) -> str:
     """The spec's workdir made absolute: relative to the job file's folder; none means the current folder."""
     if spec.workdir is None:
         return str(Path.cwd())
-    workdir = Path(spec.workdir).expanduser()
+    try:
+        workdir = Path(spec.workdir).expanduser()
+    except RuntimeError:  # ~user of no known user
+        raise UserError(f"{job_file}: workdir: cannot expand {spec.workdir!r}: no such user") from None
     if not workdir.is_absolute():
         workdir = job_file.resolve().parent / workdir
-    if not workdir.is_dir():
+    if not _is(workdir, "dir"):
         raise UserError(f"{job_file}: workdir: folder not found: {workdir}")
     return str(workdir.resolve())
+
+
+def _is(path: Path, kind: str) -> bool:
+    """`path.is_dir()` / `is_file()`, False where the path cannot even be looked at (a name too long)."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except OSError:
+        return False
 
 
 def _check_script(spec: Any, workdir: str, job_file: Path) -> None:
@@ -303,7 +332,7 @@ def _check_script(spec: Any, workdir: str, job_file: Path) -> None:
     argv = spec.argv()
     if len(argv) > 1 and Path(argv[0]).name.startswith("python") and argv[1].endswith(".py"):
         script = Path(workdir) / argv[1]
-        if not script.is_file():
+        if not _is(script, "file"):
             raise UserError(f"{job_file}: entrypoint: script not found: {script}")
 
 

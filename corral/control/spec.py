@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corral.errors import UserError
+
+
+def _text(value: str) -> str:
+    """A string that can reach a command line, a path or an environment: no NUL, valid Unicode."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+def _env_name(value: str) -> str:
+    _text(value)
+    if not value or "=" in value:
+        raise ValueError(f"{value!r} is not an environment variable name (empty, or holds '=')")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
 class Resources(BaseModel):
@@ -43,13 +66,13 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    entrypoint: str = Field(
+    entrypoint: Text = Field(
         validation_alias=AliasChoices("entrypoint", "run"),
         min_length=1,
         description="Command line, e.g. `python train.py --lr 0.1`",
     )
-    workdir: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    workdir: Text | None = None
+    env: dict[EnvName, Text] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(default=0, ge=-1000, le=1000)
     max_restarts: int = Field(default=0, ge=0, le=100)
@@ -77,10 +100,17 @@ class JobSpec(BaseModel):
         return shlex.split(self.entrypoint)
 
 
+def field_path(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as `resources.gpus`; a key that is not a plain name is quoted (`env.'a b'`)."""
+    return ".".join(
+        str(p) if isinstance(p, int) or (p.isprintable() and p.strip() == p != "") else repr(p) for p in loc
+    )
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line naming the first bad field and what is wrong with it."""
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "spec"
+    where = field_path(err["loc"]) or "spec"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -97,17 +127,37 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
         raise UserError(f"{source}: {format_validation_error(exc)}") from None
 
 
+def read_job_file(path: Path) -> str:
+    """The text of a job file (UTF-8, a leading BOM dropped); a UserError naming the file otherwise."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"job file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"job file {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read job file {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read a job spec from a YAML or JSON file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"job file not found: {path}")
-    text = path.read_text()
+    text = read_job_file(path)
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}{where}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {reason}") from None
+        raise UserError(f"{path}{where}: not valid {kind}: {reason}") from None
+    except RecursionError:
+        raise UserError(f"{path}: not a job spec: its {kind} is nested too deeply") from None
     return parse_spec(data, source=str(path))

@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from corral.errors import UserError
+from corral.errors import UserError, one_line
+from corral.runtime.launch import MAX_NPROC
 
 
 def run(
@@ -25,12 +26,19 @@ def run(
     nproc: Annotated[
         int,
         typer.Option(
-            "--nproc", "-n", "--nproc-per-node", "--nproc_per_node", help="Worker processes to start (per node)."
+            "--nproc",
+            "-n",
+            "--nproc-per-node",
+            "--nproc_per_node",
+            help=f"Worker processes to start (per node), at most {MAX_NPROC}.",
         ),
     ] = 1,
     servers: Annotated[
         int,
-        typer.Option(help="Parameter-server processes to start beside the workers (for corral.init(strategy='ps'))."),
+        typer.Option(
+            help="Parameter-server processes to start beside the workers (for corral.init(strategy='ps')), "
+            f"at most {MAX_NPROC}."
+        ),
     ] = 0,
     max_restarts: Annotated[
         int,
@@ -171,10 +179,10 @@ def invoke(app: typer.Typer, argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except TyperException as exc:  # unknown option, bad value, missing argument
-        print(f"error: {exc.format_message()}", file=sys.stderr)
+        print(f"error: {one_line(exc.format_message())}", file=sys.stderr)
         return 2
     except (Abort, KeyboardInterrupt):
         return 130

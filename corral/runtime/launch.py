@@ -35,6 +35,8 @@ from corral.runtime.exitcodes import PREEMPTED_EXIT_CODE
 from corral.runtime.nodes import POLL_S, NodeGroup
 
 SUCCEEDED, FAILED, PREEMPTED, INTERRUPTED = "succeeded", "failed", "preempted", "interrupted"
+# Processes per node: the most devices a job may ask for (corral.control.spec), so the service never asks for more.
+MAX_NPROC = 4096
 
 
 @dataclass
@@ -73,14 +75,20 @@ def validate(cfg: LaunchConfig) -> list[str]:
     """Check the config before anything starts; return the command that runs one worker."""
     if cfg.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {cfg.nproc}")
+    if cfg.nproc > MAX_NPROC:
+        raise UserError(f"--nproc must be at most {MAX_NPROC} (processes per node), got {cfg.nproc}")
     if cfg.servers < 0:
         raise UserError(f"--servers must be >= 0, got {cfg.servers}")
+    if cfg.servers > MAX_NPROC:
+        raise UserError(f"--servers must be at most {MAX_NPROC}, got {cfg.servers}")
     if cfg.max_restarts < 0:
         raise UserError(f"--max-restarts must be >= 0, got {cfg.max_restarts}")
     if cfg.grace_period < 0:
         raise UserError(f"--grace-period must be >= 0, got {cfg.grace_period}")
     if cfg.master_port is not None and not 1 <= cfg.master_port <= 65535:
         raise UserError(f"--master-port must be in 1..65535, got {cfg.master_port}")
+    if cfg.log_dir is not None:
+        _check_log_dir(cfg.log_dir)
     if cfg.nnodes > 1:
         if cfg.master_port is None:
             raise UserError("--nnodes > 1 needs --master-port (or --rdzv-endpoint HOST:PORT): every node must know it")
@@ -105,6 +113,16 @@ def validate(cfg: LaunchConfig) -> list[str]:
     if resolved is None:
         raise UserError(f"script not found or not executable: {script}")
     return [resolved, *cfg.args]
+
+
+def _check_log_dir(log_dir: Path) -> None:
+    """--log-dir is a folder, or one that can be made: not a file, nor under one."""
+    existing = log_dir
+    while not existing.exists() and existing != existing.parent and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "it" if existing == log_dir else str(existing)
+        raise UserError(f"--log-dir {log_dir}: {what} exists and is not a folder")
 
 
 # torchrun options corral run does not implement (dynamic rendezvous, agent settings, output plumbing):
@@ -221,6 +239,26 @@ class _Gang:
             base.setdefault("FORCE_COLOR", "1")  # rich in the workers keeps its colours through the pipe
         self.logs: list[IO[bytes] | None] = []
         self.error_files: list[Path] = []
+        try:
+            self._start_all(cmd, base, port, attempt, out, err, errors_dir)
+        except BaseException:
+            # All or none: a start that fails midway (no memory, too many processes, an interrupt)
+            # stops the ranks already started, so none is left orphaned.
+            self.stop(cfg.grace_period)
+            self.close()
+            raise
+
+    def _start_all(
+        self,
+        cmd: list[str],
+        base: dict[str, str],
+        port: int,
+        attempt: int,
+        out: IO[bytes],
+        err: IO[bytes],
+        errors_dir: str,
+    ) -> None:
+        cfg = self.cfg
         for local in range(cfg.nproc):
             rank = cfg.node_rank * cfg.nproc + local
             worker_env = dict(base)
@@ -276,21 +314,29 @@ class _Gang:
     ) -> None:
         log = None
         if self.cfg.log_dir is not None:
-            log = open(self.cfg.log_dir / log_name, "ab")
+            try:
+                log = open(self.cfg.log_dir / log_name, "ab")
+            except OSError as exc:
+                raise UserError(f"--log-dir: cannot write {self.cfg.log_dir / log_name}: {exc.strerror}") from None
             if attempt:
                 log.write(f"--- restart {attempt} ---\n".encode())
                 log.flush()
         self.logs.append(log)
         # A new session per process: signals reach it and its own children
         # (data-loader processes) through its process group.
-        proc = subprocess.Popen(
-            cmd,
-            env=proc_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                env=proc_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            started = len(self.procs)
+            also = f"; stopping the {started} process(es) already started" if started else ""
+            raise UserError(f"cannot start {label}: {exc.strerror or exc}{also}") from None
         self.procs.append(proc)
         self.labels.append(label)
         for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
@@ -369,7 +415,10 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
     out = out or sys.stdout.buffer
     err = err or sys.stderr.buffer
     if cfg.log_dir is not None:
-        cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--log-dir {cfg.log_dir}: cannot create the folder: {exc.strerror}") from None
 
     def say(msg: str) -> None:
         err.write(f"[corral] {msg}\n".encode())
@@ -399,7 +448,12 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
                     f"starting {cfg.nproc} worker(s){servers}{where}, attempt {attempt + 1}/{cfg.max_restarts + 1}, "
                     f"rendezvous {cfg.master_addr}:{port}"
                 )
-                gang = _Gang(cfg, cmd, port, attempt, out, err, errors_dir)
+                try:
+                    gang = _Gang(cfg, cmd, port, attempt, out, err, errors_dir)
+                except BaseException:
+                    if store is not None:
+                        store.close()
+                    raise
                 try:
                     outcome = _watch(gang, cfg, signals, say, group, attempt)
                 finally:

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 from corral.errors import UserError
 from corral.sim.profiles import load_profile
@@ -156,7 +158,14 @@ def load_pollux_workload(path: Path, lines: list[str] | None = None) -> list[Tra
         raise UserError(f"{path} line 1: expected the header {','.join(POLLUX_COLUMNS)}")
     apps_dir = path.resolve().parent.parent / "apps"
     jobs: list[TraceJob] = []
+    seen: dict[str, int] = {}
     for line, row in rows:
+        name = row["name"]
+        if not name:
+            raise UserError(f"{where(path, line, 'name')}: expected a job name, got an empty field")
+        if name in seen:
+            raise UserError(f"{where(path, line, 'name')}: duplicate job name {name!r} (first on line {seen[name]})")
+        seen[name] = line
         app_name = row["application"]
         if not app_name or not (apps_dir / app_name).is_dir():
             known = sorted(p.name for p in apps_dir.iterdir()) if apps_dir.is_dir() else []
@@ -173,7 +182,7 @@ def load_pollux_workload(path: Path, lines: list[str] | None = None) -> list[Tra
         max_gpus = gpus if app_name == "ncf" else max(gpus, limit)
         jobs.append(
             TraceJob(
-                id=row["name"],
+                id=name,
                 submit_time=parse_float(row["time"], where(path, line, "time")),
                 gpus=gpus,
                 min_gpus=1,
@@ -190,12 +199,9 @@ def load_gavel(path: Path) -> list[TraceJob]:
     """Read a Gavel trace (TSV); duration = total_steps / isolated steps/s on a V100 at its scale factor."""
     lines = open_text(path)
     tput_path = path.parent / "simulation_throughputs.json"
-    try:
-        throughputs = json.loads(tput_path.read_text())["v100"]
-    except FileNotFoundError:
-        raise UserError(f"{path}: needs simulation_throughputs.json beside it ({tput_path} not found)") from None
-    except (json.JSONDecodeError, KeyError):
-        raise UserError(f"{tput_path}: expected Gavel's throughputs JSON with a 'v100' entry") from None
+    if not tput_path.exists():
+        raise UserError(f"{path}: needs simulation_throughputs.json beside it ({tput_path} not found)")
+    throughputs = _v100_throughputs(tput_path)
     jobs: list[TraceJob] = []
     for line, text in enumerate(lines, start=1):
         if not text.strip():
@@ -212,11 +218,11 @@ def load_gavel(path: Path) -> list[TraceJob]:
         steps = parse_float(steps_s, where(path, line, cols[0]), positive=True)
         scale = parse_int(scale_s, where(path, line, cols[1]), minimum=1)
         weight = parse_float(prio_s, where(path, line, cols[2]))
-        tput = throughputs.get(f"({job_type!r}, {scale})", {}).get("null")
+        tput = _isolated(throughputs, tput_path, job_type, scale)
         if not tput and scale > 1:
             # Gavel measured some types (CycleGAN, A3C) on one GPU only, yet the
             # msr traces ask for more: assume linear scaling from one GPU.
-            single = throughputs.get(f"({job_type!r}, 1)", {}).get("null")
+            single = _isolated(throughputs, tput_path, job_type, 1)
             tput = single * scale if single else None
         if not tput:
             raise UserError(
@@ -232,6 +238,36 @@ def load_gavel(path: Path) -> list[TraceJob]:
             )
         )
     return _finish(path, jobs)
+
+
+def _v100_throughputs(tput_path: Path) -> dict[str, Any]:
+    """The 'v100' mapping of Gavel's simulation_throughputs.json; UserError naming the file when it is not that."""
+    expected = "expected Gavel's throughputs JSON: an object with a 'v100' object of \"('JOB TYPE', SCALE)\" entries"
+    try:
+        doc = json.loads("\n".join(open_text(tput_path)))
+    except (json.JSONDecodeError, RecursionError):
+        raise UserError(f"{tput_path}: not valid JSON; {expected}") from None
+    v100 = doc.get("v100") if isinstance(doc, dict) else None
+    if not isinstance(v100, dict):
+        raise UserError(f"{tput_path}: no 'v100' object; {expected}")
+    return v100
+
+
+def _isolated(throughputs: dict[str, Any], tput_path: Path, job_type: str, scale: int) -> float | None:
+    """Steps/s of `job_type` alone at `scale` GPUs (Gavel's "null" colocation), None when not measured."""
+    key = f"({job_type!r}, {scale})"
+    entry = throughputs.get(key)
+    if entry is None:
+        return None
+    value = entry.get("null") if isinstance(entry, dict) else math.nan
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise UserError(
+            f'{tput_path}: v100 entry "{key}": expected an object whose "null" is a steps/s number >= 0, '
+            f"got {json.dumps(entry)[:80]}"
+        )
+    return float(value)
 
 
 def _finish(path: Path, jobs: list[TraceJob]) -> list[TraceJob]:

@@ -4,20 +4,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from corral.errors import UserError
+from corral.control.spec import field_path
+from corral.errors import UserError, one_line
 
 
 def one_line_validation(exc: RequestValidationError) -> str:
     """`field.path: message` for the first error, with a count of the others."""
     errors = exc.errors()
     err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    where = ".".join(loc) or "body"
+    where = field_path([p for p in err.get("loc", ()) if p != "body"]) or "body"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
         msg = "unknown field"
     more = len(errors) - 1
-    return f"{where}: {msg}" + (f" (and {more} more)" if more else "")
+    return one_line(f"{where}: {msg}" + (f" (and {more} more)" if more else ""))
 
 
 async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -25,7 +25,7 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 
 async def _user_error(_: Request, exc: UserError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+    return JSONResponse({"detail": one_line(str(exc))}, status_code=422)
 
 
 def register(app: FastAPI) -> None:
