@@ -19,7 +19,16 @@ SCHED = Path(corral.sched.__file__).parent
 
 
 def test_available_lists_every_policy_sorted():
-    assert policies.available() == ["fifo", "fifo-backfill", "pollux", "priority", "srtf", "themis", "tiresias"]
+    assert policies.available() == [
+        "fairshare",
+        "fifo",
+        "fifo-backfill",
+        "pollux",
+        "priority",
+        "srtf",
+        "themis",
+        "tiresias",
+    ]
 
 
 @pytest.mark.parametrize("name", policies.available())

@@ -74,7 +74,7 @@ def test_synthetic_spec_uses_the_seed_option(capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--policy", "fifo,nope"], "unknown policy 'nope'; choose one of: fifo"),
+        (["--policy", "fifo,nope"], "unknown policy 'nope'; choose one of: fairshare, fifo"),
         (["--policy", " , "], "--policy: name at least one policy"),
         (["--cluster", "0x4"], "cluster '0x4': nodes and GPUs per node must be at least 1"),
         (["--cluster", "4x0"], "cluster '4x0': nodes and GPUs per node must be at least 1"),

@@ -2,7 +2,7 @@
 
 >>> from corral.sched import policies
 >>> policies.available()
-['fifo', 'fifo-backfill', 'pollux', 'priority', 'srtf', 'themis', 'tiresias']
+['fairshare', 'fifo', 'fifo-backfill', 'pollux', 'priority', 'srtf', 'themis', 'tiresias']
 >>> policies.get("tiresias", thresholds=[600, 6000]).name
 'tiresias'
 """
@@ -14,6 +14,7 @@ import inspect
 from corral.errors import UserError
 from corral.sched.policies._common import BasePolicy
 from corral.sched.policies.backfill import BackfillPolicy
+from corral.sched.policies.fairshare import FairSharePolicy
 from corral.sched.policies.fifo import FifoPolicy
 from corral.sched.policies.pollux import PolluxPolicy
 from corral.sched.policies.priority import PriorityPolicy
@@ -31,6 +32,7 @@ _POLICIES: dict[str, type[BasePolicy]] = {
         TiresiasPolicy,
         ThemisPolicy,
         PolluxPolicy,
+        FairSharePolicy,
     )
 }
 
@@ -70,6 +72,7 @@ def _lookup(name: str) -> type[BasePolicy]:
 __all__ = [
     "BackfillPolicy",
     "BasePolicy",
+    "FairSharePolicy",
     "FifoPolicy",
     "PolluxPolicy",
     "PriorityPolicy",
