@@ -73,6 +73,27 @@ class User(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[float] = mapped_column(Float, default=time.time)
+    # When the token stops working (epoch seconds); None: never. A revoked token's hash is replaced.
+    token_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    group_name: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Limits (None: none): devices held at once, jobs waiting at once, the highest priority a job may ask.
+    max_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_queued: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_priority: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    share: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")  # fair-share weight
+
+
+class Group(Base):
+    """A group of users (a lab, a team): limits that count all its members' jobs together, and a share."""
+
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    max_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_queued: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_priority: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    share: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    created: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 class Job(Base):
@@ -118,6 +139,9 @@ class Job(Base):
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Hash of the token the current run uses to report metrics (CORRAL_JOB_TOKEN).
     job_token_hash: Mapped[str] = mapped_column(String(64), default="")
+    # Jobs of one array share array_id (the id of its first element); array_index is the element's index.
+    array_id: Mapped[int | None] = mapped_column(BigId, nullable=True, index=True)
+    array_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Event(Base):
