@@ -27,30 +27,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from corral.control.server import free_port, wait_until_serving  # noqa: E402
+from live_workload import run_workload  # noqa: E402
+
 from corral.sched import policies  # noqa: E402
 from corral.sched.types import ClusterView  # noqa: E402
 from corral.sim.engine import SimConfig, simulate  # noqa: E402
 from corral.sim.traces import TraceJob  # noqa: E402
 
-API = "/api/v1"
 DEVICES = 4
 DIGITS = ROOT / "examples" / "digits.py"
 # name, offset (s), gpus, min, max, epochs, priority
@@ -83,69 +78,8 @@ def spec(name: str, gpus: int, lo: int, hi: int, epochs: int, priority: int, sle
 
 def run_live(policy: str, sleep: float, console: Console) -> list[dict[str, Any]]:
     """Submit the workload to a live server and return every job with its events and metrics."""
-    home = Path(tempfile.mkdtemp(prefix="corral-simlive-"))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "corral.cli",
-            "server",
-            "--home",
-            str(home),
-            "--port",
-            str(port),
-            "--devices",
-            str(DEVICES),
-            "--round",
-            "1",
-            "--grace",
-            "10",
-            "--policy",
-            policy,
-        ],
-        env=dict(os.environ, CORRAL_HOME=str(home)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(url, proc)
-        token = (home / "admin-token").read_text().strip()
-        with (
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c,
-            Progress(console=console, transient=True) as bar,
-        ):
-            task = bar.add_task(f"live {policy}", total=len(WORKLOAD))
-            t0 = time.time()
-            ids: dict[str, int] = {}
-            pending = sorted(WORKLOAD, key=lambda w: w[1])
-            while True:
-                now = time.time() - t0
-                while pending and pending[0][1] <= now:
-                    name, _, g, lo, hi, ep, pr = pending.pop(0)
-                    ids[name] = c.post(f"{API}/jobs", json=spec(name, g, lo, hi, ep, pr, sleep)).json()["id"]
-                jobs = c.get(f"{API}/jobs").json()["jobs"]
-                done = sum(j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for j in jobs)
-                bar.update(task, completed=done)
-                if not pending and done == len(WORKLOAD):
-                    break
-                if now > 1800:
-                    raise SystemExit("live run took over 30 minutes")
-                time.sleep(1)
-            out = []
-            for j in jobs:
-                j["events"] = c.get(f"{API}/jobs/{j['id']}/events").json()["events"]
-                j["metrics"] = c.get(f"{API}/jobs/{j['id']}/metrics").json()["metrics"]
-                j["t0"] = t0
-                out.append(j)
-            failed = [j["name"] for j in out if j["state"] != "SUCCEEDED"]
-            if failed:
-                raise SystemExit(f"live jobs did not succeed: {failed}")
-            return out
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    submissions = [(w[1], spec(w[0], *w[2:], sleep)) for w in WORKLOAD]
+    return run_workload(policy, submissions, console, devices=DEVICES, home_prefix="corral-simlive-")
 
 
 def profile(job: dict[str, Any]) -> dict[str, float]:
