@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -27,6 +29,32 @@ def check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def check_tls(cert: Path | None, key: Path | None) -> None:
+    """Refuse --tls-cert without --tls-key (or the reverse), a file that is missing or unreadable, and a key
+    that does not match the certificate, with one line naming the option."""
+    if (cert is None) != (key is None):
+        raise UserError("--tls-cert and --tls-key go together: pass both (HTTPS) or neither (HTTP)")
+    if cert is None or key is None:
+        return
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not path.is_file():
+            raise UserError(f"{option}: {path} is not a file")
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise UserError(f"{option}: cannot read {path} ({exc.strerror or exc})") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            raise UserError(f"--tls-key: {key} is not the key of the certificate {cert}") from None
+        raise UserError(
+            f"--tls-cert/--tls-key: {cert} and {key} are not a PEM certificate and its private key ({reason})"
+        ) from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -93,12 +121,22 @@ class ServerThread:
         self.stop()
 
 
-def serve(service: Service, host: str, port: int) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both)."""
+def serve(service: Service, host: str, port: int, *, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both); HTTPS with `tls_cert` and `tls_key`."""
     check_port(host, port)
-    service.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    check_tls(tls_cert, tls_key)
+    scheme = "https" if tls_cert else "http"
+    service.url = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     service.start()
     try:
-        uvicorn.run(create_app(service), host=host, port=port, log_level="info", access_log=False)
+        uvicorn.run(
+            create_app(service),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+        )
     finally:
         service.stop()

@@ -22,6 +22,8 @@ PS_SERVER_INDEX = "CORRAL_PS_SERVER_INDEX"
 SERVER = "CORRAL_SERVER"
 JOB_ID = "CORRAL_JOB_ID"
 JOB_TOKEN = "CORRAL_JOB_TOKEN"
+# A PEM file of the CA(s) to verify an https:// CORRAL_SERVER against (default: the system store).
+CA_CERT = "CORRAL_CA_CERT"
 
 
 def _int(name: str, default: int) -> int:
@@ -82,6 +84,11 @@ def job_id() -> str | None:
 def job_token() -> str | None:
     """The bearer token this run reports its metrics with, if the service started it."""
     return os.environ.get(JOB_TOKEN) or None
+
+
+def ca_cert() -> str | None:
+    """The CA file to verify an https service with (CORRAL_CA_CERT), if one is set."""
+    return os.environ.get(CA_CERT) or None
 
 
 def straggler_factor(rank_: int) -> float:

@@ -16,6 +16,7 @@ import atexit
 import collections
 import json
 import math
+import ssl
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ class Reporter:
         period: float = PERIOD_S,
         timeout: float = TIMEOUT_S,
         max_queue: int = MAX_QUEUE,
+        ca_cert: str | None = None,
     ) -> None:
         self.url = f"{server.rstrip('/')}/api/v1/jobs/{job_id}/metrics"
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -63,7 +65,10 @@ class Reporter:
         self._warned = False
         # Direct connection: the service is on the cluster's own network, and a
         # proxy from the user's environment (http_proxy) would not know 127.0.0.1.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.url.startswith("https://"):  # the service's certificate is verified: against ca_cert, else the system
+            handlers.append(urllib.request.HTTPSHandler(context=self._tls_context(ca_cert)))
+        self._opener = urllib.request.build_opener(*handlers)
         self._thread = threading.Thread(target=self._run, name="corral-report", daemon=True)
         self._thread.start()
         # A script that exits without job.finish() (sys.exit after a failure)
@@ -76,7 +81,17 @@ class Reporter:
         server, job_id, token = env.server(), env.job_id(), env.job_token()
         if not (server and job_id and token):
             return None
-        return cls(server, job_id, token)
+        return cls(server, job_id, token, ca_cert=env.ca_cert())
+
+    def _tls_context(self, ca_cert: str | None) -> ssl.SSLContext:
+        """Verifies the service against `ca_cert` (a PEM file), else the system store; an unusable file is one
+        warning, and the system store is used (the service's certificate is then likely refused: reporting stops)."""
+        if ca_cert:
+            try:
+                return ssl.create_default_context(cafile=ca_cert)
+            except (OSError, ssl.SSLError) as e:
+                self._warn(f"{env.CA_CERT}={ca_cert}: not a readable PEM certificate file ({e}); using the system CAs")
+        return ssl.create_default_context()
 
     # -- called from the training loop: never blocks, never raises ------------------
 
@@ -180,6 +195,15 @@ class Reporter:
                 + ("reporting stops" if e.code in (401, 403, 404) else "dropping them")
             )
             return "disable" if e.code in (401, 403, 404) else "drop"
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, ssl.SSLCertVerificationError):
+                self._warn(f"cannot reach {self.url} ({e.reason}); retrying in the background")
+                return "retry"
+            self._warn(
+                f"cannot verify the service's certificate at {self.url} ({e.reason.verify_message}); "
+                f"set {env.CA_CERT} to the CA file that signed it; reporting stops"
+            )
+            return "disable"
         except Exception as e:  # unreachable, timed out, reset: anything but the job's own concern
             self._warn(f"cannot reach {self.url} ({getattr(e, 'reason', None) or e}); retrying in the background")
             return "retry"

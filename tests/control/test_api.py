@@ -69,31 +69,105 @@ def one_line(resp) -> str:
 # -- auth ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "method,path",
-    [
-        ("get", "/jobs"),
-        ("post", "/jobs"),
-        ("get", "/jobs/1"),
-        ("post", "/jobs/1/cancel"),
-        ("get", "/jobs/1/events"),
-        ("get", "/jobs/1/metrics"),
-        ("post", "/jobs/1/metrics"),
-        ("get", "/jobs/1/logs"),
-        ("get", "/cluster"),
-        ("get", "/whoami"),
-        ("post", "/users"),
-    ],
-)
-def test_every_route_needs_a_token(server: LiveServer, method: str, path: str) -> None:
+# Every route under /api/v1 that takes a token, each with a request that is valid in every other way: with
+# the admin's token it succeeds (2xx), so the 401 it gets without one can come from nothing but authentication
+# (a 422 for a bad body can no longer pass). Paths are the app's route templates: {job_id} is a waiting job of
+# alice's, {name} is alice (group "team" under /groups). A new route must be added here
+# (test_the_auth_table_covers_every_route).
+AUTH_ROUTES: dict[tuple[str, str], Callable[[int], dict[str, Any] | None]] = {
+    ("GET", "/jobs"): lambda job: None,
+    ("POST", "/jobs"): lambda job: spec("authcheck"),
+    ("POST", "/jobs/batch"): lambda job: {"jobs": [spec("authcheck")]},
+    ("POST", "/jobs/cancel"): lambda job: {"ids": [job]},
+    ("GET", "/jobs/{job_id}"): lambda job: None,
+    ("POST", "/jobs/{job_id}/cancel"): lambda job: None,
+    ("GET", "/jobs/{job_id}/events"): lambda job: None,
+    ("GET", "/jobs/{job_id}/metrics"): lambda job: None,
+    ("POST", "/jobs/{job_id}/metrics"): lambda job: {"records": [{"step": 1, "values": {"loss": 0.5}}]},
+    ("GET", "/jobs/{job_id}/logs"): lambda job: None,
+    ("GET", "/cluster"): lambda job: None,
+    ("GET", "/whoami"): lambda job: None,
+    ("POST", "/users"): lambda job: {"name": "mallory"},
+    ("POST", "/users/{name}/revoke"): lambda job: None,
+    ("GET", "/users"): lambda job: None,
+    ("PATCH", "/users/{name}"): lambda job: {"max_queued": 5},
+    ("GET", "/groups"): lambda job: None,
+    ("POST", "/groups"): lambda job: {"name": "newgroup"},
+    ("PATCH", "/groups/{name}"): lambda job: {"share": 2.0},
+    ("DELETE", "/groups/{name}"): lambda job: None,
+}
+# Routes only an admin may use (403 for anyone else), with the same valid requests.
+ADMIN_ROUTES = [
+    ("POST", "/users"),
+    ("POST", "/users/{name}/revoke"),
+    ("GET", "/users"),
+    ("PATCH", "/users/{name}"),
+    ("GET", "/groups"),
+    ("POST", "/groups"),
+    ("PATCH", "/groups/{name}"),
+    ("DELETE", "/groups/{name}"),
+]
+NO_TOKEN = {"/health"}  # under /api/v1 and open to all
+
+
+def auth_request(server: LiveServer, token: str, method: str, path: str, job: int) -> Any:
+    body = AUTH_ROUTES[method, path](job)
+    url = API + path.format(job_id=job, name="team" if path.startswith("/groups/") else "alice")
+    return server.client(token).request(method, url, **({} if body is None else {"json": body}))
+
+
+@pytest.fixture
+def idle_server(server: LiveServer) -> tuple[LiveServer, int]:
+    """The server with its scheduler stopped (nothing moves while a test compares snapshots), user alice, a
+    job of hers that waits, and group team."""
+    server.service.stop()
+    assert server.client().post(f"{API}/groups", json={"name": "team"}).status_code == 201
+    alice = server.client(server.user("alice"))
+    job = alice.post(f"{API}/jobs", json=spec("waits"))
+    assert job.status_code == 201, job.text
+    return server, int(job.json()["id"])
+
+
+def test_the_auth_table_covers_every_route(server: LiveServer) -> None:
+    from corral.control.api import create_app
+
+    paths = create_app(server.service).openapi()["paths"]
+    routes = {
+        (method.upper(), path.removeprefix(API))
+        for path, operations in paths.items()
+        if path.startswith(API + "/") and path.removeprefix(API) not in NO_TOKEN
+        for method in operations
+    }
+    assert routes == set(AUTH_ROUTES)
+
+
+@pytest.mark.parametrize("method,path", list(AUTH_ROUTES))
+def test_every_route_needs_a_token(idle_server: tuple[LiveServer, int], method: str, path: str) -> None:
+    server, job = idle_server
     before = snapshot(server)
     for token in ("", "not-a-token"):
-        resp = getattr(server.client(token), method)(API + path, **({"json": {}} if method == "post" else {}))
-        assert resp.status_code in (401, 422), resp.text  # 422 only when the body is checked first
-        if resp.status_code == 401:
-            assert resp.headers["www-authenticate"] == "Bearer"
-            assert "token" in one_line(resp)
+        resp = auth_request(server, token, method, path, job)
+        assert resp.status_code == 401, resp.text
+        assert resp.headers["www-authenticate"] == "Bearer"
+        assert "token" in one_line(resp)
     assert snapshot(server) == before
+    # The same request with a valid token is accepted: the 401 above came from the missing token alone.
+    resp = auth_request(server, server.token, method, path, job)
+    assert 200 <= resp.status_code < 300, resp.text
+
+
+@pytest.mark.parametrize("method,path", ADMIN_ROUTES)
+def test_admin_routes_refuse_other_users(idle_server: tuple[LiveServer, int], method: str, path: str) -> None:
+    server, job = idle_server
+    bob = server.user("bob")
+    alice = server.service.store.get_user("alice")
+    before = snapshot(server)
+    resp = auth_request(server, bob, method, path, job)
+    assert resp.status_code == 403 and "admin" in one_line(resp), resp.text
+    assert snapshot(server) == before
+    after = server.service.store.get_user("alice")
+    assert alice and after and after.token_hash == alice.token_hash  # alice's token was left alone
+    assert 200 <= auth_request(server, server.token, method, path, job).status_code < 300
 
 
 def test_health_and_docs_need_no_token(server: LiveServer) -> None:

@@ -18,8 +18,11 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 class TokenCache:
     """Token -> user, kept a few seconds: every request is authenticated, and a database read per
-    request halves the submission rate on SQLite. A re-keyed user's old token therefore works for
-    up to `ttl` seconds more."""
+    request halves the submission rate on SQLite.
+
+    The cache never keeps a token alive: the expiry stored with the user is checked on every hit,
+    and a re-key or revoke through this service drops the user's entries (`forget`) at once. Only a
+    change made by another process (another service on the same database) waits up to `ttl`."""
 
     def __init__(self, store: Store, ttl: float = TOKEN_CACHE_S) -> None:
         self.store = store
@@ -27,7 +30,25 @@ class TokenCache:
         self._cache: dict[str, tuple[float, User]] = {}
 
     def lookup(self, token: str) -> User | None:
-        """The user this token belongs to, or None."""
+        """The user this token belongs to, or None (also when it expired: `authenticate` tells which)."""
+        user = self._user(token)
+        return None if user is None or expired(user) else user
+
+    def authenticate(self, token: str) -> User:
+        """The user this token belongs to; 401 "invalid token" or "token expired" otherwise."""
+        user = self._user(token)
+        if user is None:
+            raise _unauthorized("invalid token")
+        if expired(user):
+            raise _unauthorized(f"token expired: ask an admin for a new one (`corral token create {user.name}`)")
+        return user
+
+    def forget(self, name: str) -> None:
+        """Drop the cached tokens of user `name` (their token was re-keyed or revoked)."""
+        for token in [t for t, (_, u) in list(self._cache.items()) if u.name == name]:
+            self._cache.pop(token, None)
+
+    def _user(self, token: str) -> User | None:
         now = time.monotonic()
         hit = self._cache.get(token)
         if hit is not None and now - hit[0] < self.ttl:
@@ -38,6 +59,11 @@ class TokenCache:
                 self._cache.clear()
             self._cache[token] = (now, user)
         return user
+
+
+def expired(user: User, now: float | None = None) -> bool:
+    """True once the user's token is past its expiry (wall-clock epoch seconds, as stored)."""
+    return user.token_expires is not None and user.token_expires <= (time.time() if now is None else now)
 
 
 def get_tokens(request: Request) -> TokenCache:
@@ -59,10 +85,7 @@ def current_user(cred: Credentials, tokens: Tokens) -> User:
         raise _unauthorized(
             "missing token: send 'Authorization: Bearer TOKEN' (the CLI reads --token, CORRAL_TOKEN or ~/.corral/token)"
         )
-    user = tokens.lookup(cred.credentials)
-    if user is None:
-        raise _unauthorized("invalid token")
-    return user
+    return tokens.authenticate(cred.credentials)
 
 
 Caller = Annotated[User, Depends(current_user)]
@@ -85,7 +108,4 @@ def authorize_report(job: Job, token: str, tokens: TokenCache) -> None:
     """Metrics of a job come from its own CORRAL_JOB_TOKEN, or from a user who may act on it (owner, admin)."""
     if job.job_token_hash and hash_token(token) == job.job_token_hash:
         return
-    user = tokens.lookup(token)
-    if user is None:
-        raise _unauthorized("invalid token")
-    require_owner(job, user, "report its metrics")
+    require_owner(job, tokens.authenticate(token), "report its metrics")
