@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import codecs
 import os
+import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -95,23 +97,73 @@ def resolve_token(token: str | None = None) -> str:
     return check_token(text, str(path))
 
 
-class Client:
-    """The corral API over HTTP with a bearer token."""
+def resolve_ca_cert(ca_cert: str | Path | None = None) -> str | None:
+    """--ca-cert, else CORRAL_CA_CERT, else None (the system store); UserError naming the source when the
+    file cannot be read or holds no PEM certificate."""
+    source = "--ca-cert" if ca_cert else "CORRAL_CA_CERT"
+    path = str(ca_cert or os.environ.get("CORRAL_CA_CERT", "")).strip()
+    if not path:
+        return None
+    tls_context(path, source)
+    return path
 
-    def __init__(self, server: str, token: str, *, timeout: float = TIMEOUT) -> None:
+
+def tls_context(ca_cert: str | None, source: str = "--ca-cert") -> ssl.SSLContext:
+    """A context that verifies servers against `ca_cert` (a PEM file of CA certificates), else the system
+    store; UserError naming `source` when the file is missing, unreadable or not PEM certificates."""
+    if not ca_cert:
+        return ssl.create_default_context()
+    p = Path(ca_cert).expanduser()
+    if not p.is_file():
+        raise UserError(f"{source}: {ca_cert} is not a file")
+    try:
+        return ssl.create_default_context(cafile=str(p))
+    except ssl.SSLError:  # (an OSError too: first)
+        raise UserError(f"{source}: {ca_cert} holds no PEM certificate") from None
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read {ca_cert} ({exc.strerror or exc})") from None
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why a TLS handshake failed, if `exc` (or what it wraps) is a TLS error; None for any other failure."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return f"its certificate is not trusted ({cur.verify_message or cur.reason})"
+        if isinstance(cur, ssl.SSLError):
+            return f"the TLS handshake failed ({cur.reason or cur})"
+        cur = cur.__cause__ or cur.__context__
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:  # the ssl error's text only (some transports keep no cause)
+        return f"its certificate is not trusted ({text.split('] ', 1)[-1]})"
+    return None
+
+
+class Client:
+    """The corral API over HTTP with a bearer token; https servers are verified against `ca_cert` (a PEM file of
+    CA certificates), else the system store."""
+
+    def __init__(self, server: str, token: str, *, timeout: float = TIMEOUT, ca_cert: str | None = None) -> None:
         self.server = server.rstrip("/")
         # Plain http needs no TLS context (loading the CA bundle costs tens of milliseconds).
+        verify: ssl.SSLContext | bool = False
+        if self.server.startswith("https://"):
+            verify = tls_context(ca_cert)
         self._http = httpx.Client(
             base_url=self.server + API,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
-            verify=self.server.startswith("https://"),
+            verify=verify,
         )
 
     @classmethod
-    def from_options(cls, server: str | None = None, token: str | None = None) -> Client:
-        """A client for --server/--token, falling back to the environment and $CORRAL_HOME/token."""
-        return cls(resolve_server(server), resolve_token(token))
+    def from_options(
+        cls, server: str | None = None, token: str | None = None, ca_cert: str | Path | None = None
+    ) -> Client:
+        """A client for --server/--token/--ca-cert, falling back to the environment and $CORRAL_HOME/token."""
+        return cls(resolve_server(server), resolve_token(token), ca_cert=resolve_ca_cert(ca_cert))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -125,7 +177,13 @@ class Client:
 
     # -- plumbing --------------------------------------------------------------
 
-    def _unreachable(self) -> UserError:
+    def _unreachable(self, exc: BaseException | None = None) -> UserError:
+        why = tls_failure(exc) if exc is not None else None
+        if why is not None:
+            return UserError(
+                f"cannot connect securely to the corral server at {self.server}: {why}; "
+                "pass --ca-cert FILE or set CORRAL_CA_CERT to the CA that signed its certificate"
+            )
         return UserError(
             f"cannot reach the corral server at {self.server}: start it with `corral server` "
             "or set --server/CORRAL_SERVER"
@@ -134,8 +192,8 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             resp = self._http.request(method, path, **kwargs)
-        except httpx.TransportError:
-            raise self._unreachable() from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
         _raise_for_status(resp, self.server)
         return resp
 
@@ -158,9 +216,18 @@ class Client:
         """The caller's name and whether they are an admin."""
         return dict(self._json("GET", "/whoami"))
 
-    def create_user(self, name: str, admin: bool = False) -> dict[str, Any]:
-        """Create a user (or re-key one); returns {name, token, admin}. Admins only."""
-        return dict(self._json("POST", "/users", json={"name": name, "admin": admin}))
+    def create_user(self, name: str, admin: bool = False, expires_in: float | None = None) -> dict[str, Any]:
+        """Create a user (or re-key one); returns {name, token, admin, expires}. Admins only.
+
+        `expires_in`: seconds until the token stops working (None: never)."""
+        body: dict[str, Any] = {"name": name, "admin": admin}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return dict(self._json("POST", "/users", json=body))
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        """End user `name`'s token at once (an admin, or the user themself)."""
+        return dict(self._json("POST", f"/users/{name}/revoke"))
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Queue a job from a spec mapping; returns the job."""
@@ -184,6 +251,31 @@ class Client:
     def cancel(self, job_id: int) -> dict[str, Any]:
         """Cancel a job; returns it as it is now."""
         return dict(self._json("POST", f"/jobs/{job_id}/cancel"))
+
+    def cancel_many(self, **selection: Any) -> list[int]:
+        """Cancel jobs by ids and/or filters (user, state, name, array) in one request; the ids cancelled."""
+        body = {k: v for k, v in selection.items() if v not in (None, [], ())}
+        return list(self._json("POST", "/jobs/cancel", json=body)["cancelled"])
+
+    def accounts(self, kind: str) -> list[dict[str, Any]]:
+        """Users or groups (kind: "users" | "groups") with their limits and shares (admins)."""
+        return list(self._json("GET", f"/{kind}")["items"])
+
+    def set_account(self, kind: str, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change a user's or group's limits, share (or a user's group)."""
+        return dict(self._json("PATCH", f"/{kind}/{quote(name, safe='')}", json=changes))
+
+    def create_group(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Create a group with these limits and share."""
+        return dict(self._json("POST", "/groups", json={"name": name, **changes}))
+
+    def delete_group(self, name: str) -> None:
+        """Delete a group."""
+        self._request("DELETE", f"/groups/{quote(name, safe='')}")
+
+    def submit_batch(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Queue several jobs at once, all or none."""
+        return list(self._json("POST", "/jobs/batch", json={"jobs": specs})["jobs"])
 
     def events(self, job_id: int) -> list[dict[str, Any]]:
         """A job's state transitions, oldest first."""
@@ -243,8 +335,8 @@ class Client:
                     if tail:
                         yield tail
                     return
-            except httpx.ConnectError:
-                raise self._unreachable() from None
+            except httpx.ConnectError as exc:
+                raise self._unreachable(exc) from None
             except httpx.TransportError:
                 # The server streams whole lines, so resuming at `offset` repeats and loses nothing.
                 retries += 1

@@ -61,6 +61,16 @@ TokenOpt = Annotated[
         "--token", help="API token (default: CORRAL_TOKEN, else the file $CORRAL_HOME/token).", show_default=False
     ),
 ]
+CaCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        help="PEM file of the CA that signed an https server's certificate (default: CORRAL_CA_CERT, else the "
+        "system's CAs).",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
 JobIdArg = Annotated[str, typer.Argument(help="Job id (as `corral jobs` shows it).", metavar="ID", show_default=False)]
 # ID arguments take "-3" as a value (then refused with a clear line) instead of an unknown option.
 ID_COMMAND = {"ignore_unknown_options": True}
@@ -91,10 +101,27 @@ def _job_id(text: str) -> int:
     return value
 
 
-def _client(server: str | None, token: str | None) -> Client:
+def _client(server: str | None, token: str | None, ca_cert: Path | None = None) -> Client:
     from corral.control.client import Client
 
-    return Client.from_options(server, token)
+    return Client.from_options(server, token, ca_cert)
+
+
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_EXPIRES_S = 10 * 365 * 86400  # ten years
+
+
+def _expires(text: str) -> float:
+    """Seconds in a duration: 3600, 90s, 30m, 12h, 7d (> 0, at most ten years); UserError naming --expires."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    value = float(m[1]) * DURATION_UNITS[m[2]] if m else 0.0
+    if not m or not 0 < value <= MAX_EXPIRES_S:
+        raise UserError(
+            f"--expires must be a duration > 0 and at most 3650d, such as 3600, 30m, 12h or 7d; got {text!r}"
+        )
+    return value
 
 
 def _console() -> Console:
@@ -206,6 +233,25 @@ def server_command(
             metavar="SECONDS",
         ),
     ] = 30.0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve HTTPS with this PEM certificate (with --tls-key).", metavar="FILE", show_default=False
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="The private key of --tls-cert (PEM).", metavar="FILE", show_default=False),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --tls-cert: the CA file jobs verify this server with (their CORRAL_CA_CERT); for a "
+            "self-signed certificate, the --tls-cert file itself (default: the system's CAs).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the corral service: HTTP API, dashboard and scheduler loop, in the foreground."""
     import logging
@@ -230,9 +276,15 @@ def server_command(
     if checkpoint_root is not None and checkpoint_root.exists() and not checkpoint_root.is_dir():
         raise UserError(f"--checkpoint-root: {checkpoint_root} exists and is not a folder")
 
-    from corral.control.server import check_port, serve
+    from corral.control.client import tls_context
+    from corral.control.server import check_port, check_tls, serve
     from corral.control.service import Service, ServiceConfig
 
+    check_tls(tls_cert, tls_key)
+    if ca_cert is not None:
+        if tls_cert is None:
+            raise UserError("--ca-cert goes with --tls-cert: jobs need a CA only to verify an HTTPS server")
+        tls_context(str(ca_cert), "--ca-cert")
     check_port(host, port)
     home_dir = _home_dir(home or client_home())
     had_token = (home_dir / "token").exists()
@@ -249,6 +301,7 @@ def server_command(
             ray_address=ray_address,
             checkpoint_root=checkpoint_root.expanduser().resolve() if checkpoint_root else None,
             placement_timeout=placement_timeout,
+            ca_cert=ca_cert.expanduser().resolve() if ca_cert else None,
         )
     )
     written = service.ensure_admin()
@@ -256,14 +309,14 @@ def server_command(
         also = "" if had_token else f" (also {home_dir / 'token'})"
         print(f"admin token written to {written}{also}", flush=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    url = f"http://{shown}:{port}"
+    url = f"{'https' if tls_cert else 'http'}://{shown}:{port}"
     print(
         f"corral server: {service.total_devices()} devices ({executor} executor), policy {policy}, home {home_dir}",
         flush=True,
     )
     print(f"dashboard: {url}/   API docs: {url}/docs", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(service, host, port)
+    serve(service, host, port, tls_cert=tls_cert, tls_key=tls_key)
 
 
 def _home_dir(home: Path) -> Path:
@@ -287,18 +340,45 @@ def _home_dir(home: Path) -> Path:
 def token_create(
     user: Annotated[str, typer.Argument(help="Name of the user to create (or give a new token).", show_default=False)],
     admin: Annotated[bool, typer.Option("--admin", help="Make the user an admin.")] = False,
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            help="The token stops working after this long: seconds, or 30m, 12h, 7d (default: never).",
+            metavar="DURATION",
+            show_default=False,
+        ),
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
 ) -> None:
     """Create a user's API token (admins only); prints it once."""
     from corral.control.client import client_home
 
-    with _client(server, token) as client:
-        out = client.create_user(user, admin)
+    expires_in = None if expires is None else _expires(expires)
+    with _client(server, token, ca_cert) as client:
+        out = client.create_user(user, admin, expires_in)
     kind = "admin" if out["admin"] else "user"
-    print(f"token for {kind} {out['name']} (shown once; keep it secret):")
+    until = f", expires {_clock(out['expires'])}" if out.get("expires") else ""
+    print(f"token for {kind} {out['name']} (shown once; keep it secret{until}):")
     print(out["token"])
     print(f"use it: export CORRAL_TOKEN={out['token']}  (or pass --token, or save it in {client_home() / 'token'})")
+
+
+def token_revoke(
+    user: Annotated[str, typer.Argument(help="Name of the user whose token ends now.", show_default=False)],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
+) -> None:
+    """End a user's API token at once (admins, or the user themself); an admin makes a new one with `token create`."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", user):
+        raise UserError(f"name: {user!r} is not a user name (letters, digits, '.', '_', '-'; at most 64)")
+    with _client(server, token, ca_cert) as client:
+        client.revoke_token(user)
+    print(f"token of {user} revoked: it no longer works (`corral token create {user}` makes a new one)")
 
 
 # -- jobs ----------------------------------------------------------------------------
@@ -343,6 +423,7 @@ def submit_command(
     ] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
 ) -> None:
     """Queue a job from a spec file."""
     from corral.control.spec import load_spec
@@ -352,9 +433,13 @@ def submit_command(
     _check_script(spec, workdir, job_file)
     body = spec.model_dump(mode="json", by_alias=False)
     body["workdir"] = workdir
-    with _client(server, token) as client:
+    with _client(server, token, ca_cert) as client:
         job = client.submit(body)
-        print(f"submitted job {job['id']} ({job['name']})", flush=True)
+        if job.get("array_size"):
+            n = job["array_size"]
+            print(f"submitted array {job['id']}: jobs {job['id']}..{job['id'] + n - 1} ({job['name']}, {n} jobs)")
+        else:
+            print(f"submitted job {job['id']} ({job['name']})", flush=True)
         if wait:
             raise typer.Exit(_wait(client, job))
 
@@ -403,6 +488,7 @@ def jobs_command(
     ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
 ) -> None:
     """List jobs: those waiting or running and those that ended in the last hour (--all: every job)."""
     states = [s.strip().upper() for s in state or []]
@@ -411,7 +497,7 @@ def jobs_command(
             raise UserError(f"unknown state {s!r}; choose from: {', '.join(STATES)}")
     if limit is not None:
         _int_in("--limit", limit, 1, MAX_LIMIT)
-    with _client(server, token) as client:
+    with _client(server, token, ca_cert) as client:
         if states or all_:
             jobs = client.jobs(states or None, user, limit)
         else:
@@ -433,7 +519,7 @@ def jobs_command(
     for j in jobs:
         table.add_row(
             str(j["id"]),
-            _esc(j["name"]),
+            _esc(j["name"]) + (f"[{j['array_index']}]" if j.get("array_index") is not None else ""),
             _esc(j["user"]),
             _state(j),
             _esc(j["reason"] or "-"),
@@ -450,10 +536,11 @@ def describe_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job, its events and metrics as JSON.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
 ) -> None:
     """Show one job: spec, allocation, counters, event timeline and latest metrics."""
     jid = _job_id(job_id)
-    with _client(server, token) as client:
+    with _client(server, token, ca_cert) as client:
         job = client.job(jid)
         events = client.events(jid)
         metrics = client.metrics(jid)
@@ -525,12 +612,13 @@ def logs_command(
     ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
 ) -> None:
     """Print a job's output (owner or admin)."""
     jid = _job_id(job_id)
     if rank is not None:
         _int_in("--rank", rank, 0, MAX_RANK)
-    with _client(server, token) as client:
+    with _client(server, token, ca_cert) as client:
         chunks = client.follow_logs(jid, rank) if follow else client.all_logs(jid, rank)
         wrote = False
         try:
@@ -548,13 +636,43 @@ def logs_command(
 
 
 def cancel_command(
-    job_id: JobIdArg,
+    job_ids: Annotated[
+        list[str] | None, typer.Argument(help="Job ids (one or many).", metavar="[ID]...", show_default=False)
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Every job of this user.", show_default=False)] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option("--state", "-s", help="Only jobs in this state (repeatable).", show_default=False),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Only jobs with this name.", show_default=False)] = None,
+    array: Annotated[
+        str | None, typer.Option(help="Every job of this array (its first job's id).", show_default=False)
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
 ) -> None:
-    """Cancel a job (owner or admin): a waiting one at once, a running one once its ranks stop."""
-    jid = _job_id(job_id)
-    with _client(server, token) as client:
+    """Cancel jobs (owner or admin): waiting ones at once, running ones once their ranks stop.
+
+    One id cancels that job; many ids, or --user/--state/--name/--array (all given must match),
+    cancel every job they select in one request, like scancel."""
+    ids = [_job_id(j) for j in job_ids or []]
+    states = [s.strip().upper() for s in state or []]
+    for st in states:
+        if st not in ACTIVE:
+            raise UserError(f"--state: {st!r} cannot be cancelled; choose from: {', '.join(ACTIVE)}")
+    if not ids and not (user or states or name or array):
+        raise UserError("give job ids, or --user, --state, --name or --array")
+    if len(ids) != 1 or user or states or name or array:
+        with _client(server, token, ca_cert) as client:
+            done = client.cancel_many(
+                ids=ids, user=user, state=states, name=name, array=_job_id(array) if array else None
+            )
+        plural = "s" if len(done) != 1 else ""
+        _console().print(f"cancelled {len(done)} job{plural}" + (f": {_id_ranges(done)}" if done else ""))
+        return
+    jid = ids[0]
+    with _client(server, token, ca_cert) as client:
         job = client.cancel(jid)
     console = _console()
     if job["state"] == JobState.CANCELLED.value:
@@ -565,15 +683,27 @@ def cancel_command(
         )
 
 
+def _id_ranges(ids: list[int]) -> str:
+    """1,2,3,7 -> '1-3, 7'."""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out)
+
+
 def cluster_command(
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ca_cert: CaCertOpt = None,
 ) -> None:
     """Show every device and the job on it."""
     from rich.table import Table
     from rich.text import Text
 
-    with _client(server, token) as client:
+    with _client(server, token, ca_cert) as client:
         info = client.cluster()
     console = _console()
     jobs: dict[int, dict[str, Any]] = {}
@@ -644,6 +774,7 @@ def register(app: typer.Typer) -> None:
     app.command("server")(server_command)
     token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
     token_app.command("create")(token_create)
+    token_app.command("revoke")(token_revoke)
     app.add_typer(token_app, name="token")
     app.command("submit")(submit_command)
     app.command("jobs")(jobs_command)
@@ -652,3 +783,6 @@ def register(app: typer.Typer) -> None:
     app.command("cancel", context_settings=ID_COMMAND)(cancel_command)
     app.command("cluster")(cluster_command)
     app.command("demo")(demo_command)
+    from corral.control import account_commands
+
+    account_commands.register(app)

@@ -25,12 +25,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from corral.control import accounts
+from corral.control.arrays import Dependency, dependency_status
 from corral.control.executors.base import Ending, Executor, RunHandle, RunOutcome
 from corral.control.spec import JobSpec
 from corral.control.states import JobState
 from corral.control.store import Job, Store, hash_token
 from corral.control.views import job_view
 from corral.sched.plan import InvalidDecision, Migrate, Preempt, Resize, Start, plan, validate
+from corral.sched.policies._usage import ShareTree
+from corral.sched.quotas import WithQuotas
 from corral.sched.types import Allocation, ClusterView, Decision, JobView, Policy
 
 log = logging.getLogger("corral.scheduler")
@@ -70,6 +74,7 @@ class Scheduler:
         self.grace = grace
         self.clock = clock
         self._extra_env: dict[str, str] = {}
+        self._blocked: set[int] = set()  # waiting jobs held back by their dependencies this round
         self.skipped_rounds = 0  # rounds whose decision failed validation
         # The API thread (cancel) and the loop thread (round) both act on the
         # executor; one lock keeps each action whole.
@@ -97,6 +102,30 @@ class Scheduler:
                 handle, state = _handle(job), job.state
             self.executor.stop(handle, self.grace)
             return state
+
+    def cancel_many(self, job_ids: list[int]) -> list[int]:
+        """Cancel jobs in one transaction: waiting ones at once, running ones by stopping their runs.
+
+        Returns the ids that were still active. One lock and one commit for all (cancelling 1,000
+        queued jobs one request at a time took 9.4 s).
+        """
+        stops: list[tuple[RunHandle, float]] = []
+        done: list[int] = []
+        with self.lock:
+            now = self.clock()
+            with self._tx() as s:
+                for chunk in range(0, len(job_ids), 500):
+                    ids = job_ids[chunk : chunk + 500]
+                    for job in s.scalars(select(Job).where(Job.id.in_(ids), Job.state.in_(ACTIVE))):
+                        done.append(job.id)
+                        if job.state != JobState.RUNNING.value:
+                            self._finish(s, job, JobState.CANCELLED, "cancelled by user", now)
+                        else:
+                            self._intend(job, CANCEL, now)
+                            stops.append((_handle(job), self.grace))
+            for handle, grace in stops:
+                self.executor.stop(handle, grace)
+        return sorted(done)
 
     # -- recovery ------------------------------------------------------------
 
@@ -174,9 +203,10 @@ class Scheduler:
         for handle, grace in stops:
             self.executor.stop(handle, grace)
         cluster = self.executor.cluster()
-        views, current, busy = self._views(active)
+        self._blocked = self._dependencies(now)
+        views, current, busy = self._views([j for j in active if j.id not in self._blocked])
         try:
-            decision = self.policy.schedule(now, views, cluster)
+            decision = self._policy().schedule(now, views, cluster)
             validate(decision, views, cluster)
         except InvalidDecision as exc:
             self.skipped_rounds += 1
@@ -187,6 +217,45 @@ class Scheduler:
             log.exception("policy %r: schedule() raised, round skipped", self.policy.name)
             return
         self._act(decision, current, busy, active, cluster, now)
+
+    def _policy(self) -> Policy:
+        """The policy for this round: the users' and groups' shares from the store, their quotas around it."""
+        tree = getattr(self.policy, "tree", None)
+        if isinstance(tree, ShareTree):  # a fair-share policy (fairshare, priority with fairshare=W)
+            shares, groups, group_shares = accounts.shares(self.store)
+            members = set(groups.values())
+            self.policy.tree = ShareTree.of(  # type: ignore[attr-defined]
+                self.policy.name, shares, groups, {g: v for g, v in group_shares.items() if g in members}
+            )
+        return WithQuotas(self.policy, accounts.quotas(self.store))
+
+    def _dependencies(self, now: float) -> set[int]:
+        """Ids of waiting jobs whose dependencies have not ended yet; those that can never run are cancelled."""
+        blocked: set[int] = set()
+        with self._tx() as s:
+            waiting = [
+                j
+                for j in s.scalars(select(Job).where(Job.state == JobState.PENDING.value, Job.attempt == 0))
+                if (j.spec or {}).get("depends_on")
+            ]
+            if not waiting:
+                return blocked
+            ids = {int(d) for j in waiting for d in j.spec["depends_on"]}
+            states = {i: st for i, st in s.execute(select(Job.id, Job.state).where(Job.id.in_(ids)))}
+            for job in waiting:
+                deps = [int(d) for d in job.spec["depends_on"]]
+                after = str(job.spec.get("after", "ok"))
+                status = dependency_status(after, [states.get(d) for d in deps])
+                if status == Dependency.NEVER:
+                    bad = [f"{d} {states.get(d, 'unknown')}" for d in deps if states.get(d) != "SUCCEEDED"]
+                    self._finish(
+                        s, job, JobState.CANCELLED, f"dependency never satisfied (after {after}): {', '.join(bad)}", now
+                    )
+                    job.reason = "DependencyNeverSatisfied"
+                elif status == Dependency.WAITING:
+                    blocked.add(job.id)
+                    job.reason = "Dependency"
+        return blocked
 
     def _collect(self, now: float) -> None:
         """Record every run that ended; the executor forgets one only after its end is committed."""
@@ -287,6 +356,8 @@ class Scheduler:
                 jid = str(job.id)
                 if jid in started:
                     continue
+                if job.id in self._blocked:
+                    continue  # its reason says which dependency it waits for
                 reason = "Resources" if decision.allocation(jid) else decision.reasons.get(jid, "Resources")
                 if job.reason != reason:
                     job.reason = reason

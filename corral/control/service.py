@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.control import executors
+from corral.control import accounts, executors, private
+from corral.control.arrays import elements
 from corral.control.scheduler import Scheduler
 from corral.control.spec import JobSpec
 from corral.control.store import Job, Store
@@ -49,6 +50,7 @@ class ServiceConfig:
     ray_address: str = "auto"  # the ray executor's cluster: auto or HOST:PORT
     checkpoint_root: Path | None = None  # the ray executor's checkpoints: a path every node reaches
     placement_timeout: float = 30.0  # the ray executor: seconds a gang may wait to be placed
+    ca_cert: Path | None = None  # given to jobs as CORRAL_CA_CERT, to verify an https service's certificate
 
 
 class Service:
@@ -64,6 +66,8 @@ class Service:
         policy = policies.get(config.policy, placer=config.placer)
         self.config = config
         home = Path(config.home)
+        # Everything this process (and every run it starts) creates is private to its owner.
+        private.private_umask()
         # The executor first: an unreachable cluster is refused before anything is written.
         self.executor = executors.create(
             config.executor,
@@ -73,7 +77,8 @@ class Service:
             checkpoint_root=config.checkpoint_root,
             placement_timeout=config.placement_timeout,
         )
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.tighten(home)  # a home made before (database and logs world-readable) is repaired
         self.store = Store(config.db or os.environ.get("CORRAL_DB") or f"sqlite:///{home / 'corral.db'}")
         self.scheduler = Scheduler(self.store, self.executor, policy, grace=config.grace)
         self.url: str | None = None  # set by the server once it listens; given to jobs for metrics
@@ -105,24 +110,54 @@ class Service:
         """Devices the executor can hand out."""
         return self.executor.cluster().total_devices
 
-    def submit(self, spec: JobSpec, user: str) -> Job:
-        """Queue a job, refusing one that could never fit the cluster."""
-        res = spec.resources
+    def submit(self, spec: JobSpec, user: str) -> list[Job]:
+        """Queue a job, or the jobs of an array (all or none); refused when it could never fit the
+        cluster, names a dependency that does not exist, or breaks a limit of its user or group."""
+        if spec.array is None:
+            return self.submit_batch([spec], user)
+        items = elements(spec.array if isinstance(spec.array, str) else spec.array.values)
+        base = spec.model_dump(mode="json", by_alias=False)
+        specs = []
+        for index, value in items:
+            env = {**base["env"], "CORRAL_ARRAY_INDEX": str(index), "CORRAL_ARRAY_VALUE": value}
+            specs.append(JobSpec.model_validate({**base, "array": None, "env": env}))
+        return self.submit_batch(specs, user, array_indices=[i for i, _ in items])
+
+    def submit_batch(self, specs: list[JobSpec], user: str, *, array_indices: list[int] | None = None) -> list[Job]:
+        """Queue several jobs in one transaction (all or none), each checked as `submit` checks one."""
         total = self.total_devices()
-        if (res.min_gpus or 1) > total:
-            raise UserError(
-                f"resources: the job needs at least {res.min_gpus} devices; "
-                f"this cluster has {total}, so it could never run"
-            )
-        job = self.store.add_job(spec.model_dump(mode="json", by_alias=False), user)
+        for spec in specs:
+            if spec.array is not None:
+                raise UserError("array: a batch holds plain jobs; submit an array on its own")
+            if (spec.resources.min_gpus or 1) > total:
+                raise UserError(
+                    f"resources: the job needs at least {spec.resources.min_gpus} devices; "
+                    f"this cluster has {total}, so it could never run"
+                )
+        wanted = sorted({d for spec in specs for d in spec.depends_on})
+        if wanted:
+            known = self.store.existing_job_ids(wanted)
+            missing = [d for d in wanted if d not in known]
+            if missing:
+                raise UserError(f"depends_on: no job with id {', '.join(map(str, missing))}")
+        accounts.check_submit(self.store, user, max(s.priority for s in specs), count=len(specs))
+        jobs = self.store.add_jobs(
+            [s.model_dump(mode="json", by_alias=False) for s in specs], user, array_indices=array_indices
+        )
         self.wake()
-        return job
+        return jobs
 
     def cancel(self, job_id: int) -> str:
         """Cancel a job (stopping its run if it has one); return its state now."""
         state = self.scheduler.cancel(job_id)
         self.wake()
         return state
+
+    def cancel_many(self, job_ids: list[int]) -> list[int]:
+        """Cancel these jobs (one request, one lock); the ids of those that were still active."""
+        cancelled = self.scheduler.cancel_many(job_ids)
+        self.wake()
+        return cancelled
 
     # -- the loop --------------------------------------------------------------
 
@@ -177,7 +212,10 @@ class Service:
                 last = time.monotonic()
 
     def _job_env(self) -> dict[str, str]:
-        return {"CORRAL_SERVER": self.url} if self.url else {}
+        env = {"CORRAL_SERVER": self.url} if self.url else {}
+        if self.url and self.config.ca_cert is not None:  # jobs verify an https service with the server's CA
+            env["CORRAL_CA_CERT"] = str(self.config.ca_cert)
+        return env
 
 
 def _write_secret(path: Path, text: str) -> None:

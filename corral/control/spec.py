@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from corral.control.arrays import MAX_ARRAY, MAX_DEPENDENCIES, parse_range
 from corral.errors import UserError
 
 
@@ -60,6 +71,29 @@ class Resources(BaseModel):
         return self
 
 
+class ArrayValues(BaseModel):
+    """An array over listed values: element i gets CORRAL_ARRAY_INDEX=i and CORRAL_ARRAY_VALUE=values[i]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: list[Any] = Field(min_length=1, max_length=MAX_ARRAY)
+
+    @field_validator("values")
+    @classmethod
+    def _scalars(cls, values: list[Any]) -> list[Any]:
+        for i, v in enumerate(values):
+            if isinstance(v, str):
+                try:
+                    _text(v)
+                except ValueError as exc:
+                    raise ValueError(f"value {i} {exc}") from None
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"value {i} is {v}: values must be finite numbers")
+            elif not isinstance(v, bool | int | float):
+                raise ValueError(f"value {i} is a {type(v).__name__}: values are strings, numbers or booleans")
+        return values
+
+
 class JobSpec(BaseModel):
     """A training job: what to run, where, with which environment and resources."""
 
@@ -84,6 +118,38 @@ class JobSpec(BaseModel):
         default=None, gt=0, allow_inf_nan=False, description="Seconds alone at `gpus`, for srtf/backfill"
     )
     preemptible: bool = True
+    depends_on: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDENCIES,
+        description="Ids of jobs that must end first (each an existing job)",
+    )
+    after: Literal["ok", "any"] = Field(
+        default="ok", description="ok: every dependency SUCCEEDED; any: every dependency ended, however"
+    )
+    array: str | ArrayValues | None = Field(
+        default=None, description='N jobs at once: a range ("0-9", "1,3,8", "0-99:10") or {values: [...]}'
+    )
+
+    @field_validator("array", mode="before")
+    @classmethod
+    def _array(cls, value: Any) -> Any:
+        # One message naming what is wrong, not one per member of the union.
+        if value is None or isinstance(value, ArrayValues):
+            return value
+        if isinstance(value, str):
+            parse_range(value)  # a ValueError names what is wrong with the range
+            return value
+        if isinstance(value, dict):
+            try:
+                return ArrayValues.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(format_validation_error(exc)) from None
+        raise ValueError('must be a range like "0-9" or a mapping {values: [...]}')
+
+    @field_validator("depends_on")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
 
     @model_validator(mode="after")
     def _parses(self) -> JobSpec:

@@ -33,6 +33,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
@@ -236,11 +237,12 @@ class Store:
         """Create (or re-key) user `name`; return their new token, shown once."""
         return self.create_or_rekey_user(name, admin=admin)[0]
 
-    def create_or_rekey_user(self, name: str, *, admin: bool = False) -> tuple[str, bool]:
+    def create_or_rekey_user(self, name: str, *, admin: bool = False, expires: float | None = None) -> tuple[str, bool]:
         """Create user `name`, or give the existing one a new token (the old one stops working).
 
         Returns the new token (shown once) and whether the user is an admin *as stored*: a
-        re-key may promote (`admin=True`) but never demotes. Two creations of one new name at
+        re-key may promote (`admin=True`) but never demotes. `expires` (epoch seconds, None:
+        never) is when the new token stops working. Two creations of one new name at
         once race on the unique name; the loser re-keys the row the winner inserted, exactly as
         if it had come second, so neither fails (no IntegrityError escapes) and the token
         returned last is the valid one.
@@ -251,11 +253,12 @@ class Store:
                 with self.session() as s:
                     user = s.scalar(select(User).where(User.name == name))
                     if user is None:
-                        user = User(name=name, token_hash=hash_token(token), is_admin=admin)
+                        user = User(name=name, token_hash=hash_token(token), is_admin=admin, token_expires=expires)
                         s.add(user)
                     else:
                         user.token_hash = hash_token(token)
                         user.is_admin = user.is_admin or admin
+                        user.token_expires = expires
                     s.flush()
                     is_admin = bool(user.is_admin)
                 return token, is_admin
@@ -269,6 +272,26 @@ class Store:
         with self.session() as s:
             return s.scalar(select(User).where(User.token_hash == hash_token(token)))
 
+    def revoke_token(self, name: str) -> bool:
+        """End user `name`'s token: its hash is replaced by that of a secret nobody holds. False: no such user."""
+        with self.session() as s:
+            user = s.scalar(select(User).where(User.name == name))
+            if user is None:
+                return False
+            user.token_hash = hash_token(secrets.token_urlsafe(32))
+            user.token_expires = None
+            return True
+
+    def get_user(self, name: str) -> User | None:
+        """User `name`, or None."""
+        with self.session() as s:
+            return s.scalar(select(User).where(User.name == name))
+
+    def admins(self) -> list[str]:
+        """Names of the admins."""
+        with self.session() as s:
+            return list(s.scalars(select(User.name).where(User.is_admin.is_(True))))
+
     def has_admin(self) -> bool:
         """True once an admin user exists."""
         with self.session() as s:
@@ -278,48 +301,36 @@ class Store:
 
     def add_job(self, spec: dict[str, Any], user: str) -> Job:
         """Insert a PENDING job and its submit event (Core inserts: the ORM's unit of work costs 10x here)."""
-        res = spec.get("resources") or {}
+        return self.add_jobs([spec], user)[0]
+
+    def add_jobs(
+        self, specs: Sequence[dict[str, Any]], user: str, *, array_indices: Sequence[int] | None = None
+    ) -> list[Job]:
+        """Insert PENDING jobs and their submit events in one transaction (all or none).
+
+        With `array_indices`, they are one array: each gets array_id = the first one's id and its index.
+        """
+        array = array_indices is not None
         now = time.time()
-        values: dict[str, Any] = dict(
-            name=spec["name"],
-            user=user,
-            spec=spec,
-            state=JobState.PENDING.value,
-            reason="Scheduling",
-            priority=int(spec.get("priority", 0)),
-            gpus=int(res.get("gpus") or 1),
-            min_gpus=int(res.get("min_gpus") or 1),
-            max_gpus=int(res.get("max_gpus") or 1),
-            allocation={},
-            submit_time=now,
-            start_time=None,
-            run_start=None,
-            end_time=None,
-            attained_service=0.0,
-            run_time=0.0,
-            restarts=0,
-            preemptions=0,
-            resizes=0,
-            attempt=0,
-            exit_code=None,
-            run_ref="",
-            intent="",
-            intent_time=None,
-            accounted_until=None,
-            observations={},
-            last_log="",
-            step=0,
-            progress=None,
-            job_token_hash="",
-        )
+        jobs: list[Job] = []
         with self.engine.begin() as conn:
-            job_id = conn.execute(insert(cast(Table, Job.__table__)).values(**values)).inserted_primary_key[0]  # type: ignore[index]
-            conn.execute(
-                insert(cast(Table, Event.__table__)).values(
-                    job_id=job_id, time=now, src="", dst=JobState.PENDING.value, cause="submitted", data={}
+            first: int | None = None
+            for i, spec in enumerate(specs):
+                values = _new_job(spec, user, now)
+                if array:
+                    values["array_index"] = int(array_indices[i])  # type: ignore[index]
+                    values["array_id"] = first
+                job_id = conn.execute(insert(cast(Table, Job.__table__)).values(**values)).inserted_primary_key[0]  # type: ignore[index]
+                if array and first is None:
+                    first = values["array_id"] = job_id
+                    conn.execute(update(Job).where(Job.id == job_id).values(array_id=job_id))
+                conn.execute(
+                    insert(cast(Table, Event.__table__)).values(
+                        job_id=job_id, time=now, src="", dst=JobState.PENDING.value, cause="submitted", data={}
+                    )
                 )
-            )
-        return Job(id=job_id, **values)
+                jobs.append(Job(id=job_id, **values))
+        return jobs
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
@@ -328,15 +339,42 @@ class Store:
         with self.session() as s:
             return s.get(Job, job_id)
 
+    def jobs_by_ids(self, ids: Sequence[int]) -> list[Job]:
+        """The jobs with these ids (unknown ids are left out), by id."""
+        ids = sorted({i for i in ids if 0 < i <= MAX_ID})
+        out: list[Job] = []
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                out += s.scalars(select(Job).where(Job.id.in_(ids[start : start + 500])).order_by(Job.id))
+        return out
+
+    def existing_job_ids(self, ids: Sequence[int]) -> set[int]:
+        """Which of `ids` name a job."""
+        ids = [i for i in ids if 0 < i <= MAX_ID]
+        if not ids:
+            return set()
+        with self.session() as s:
+            return set(s.scalars(select(Job.id).where(Job.id.in_(ids))))
+
     def list_jobs(
-        self, *, states: Sequence[str] | None = None, user: str | None = None, limit: int = 1000
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        user: str | None = None,
+        name: str | None = None,
+        array: int | None = None,
+        limit: int = 1000,
     ) -> list[Job]:
-        """Jobs, newest first, optionally filtered by state and user."""
+        """Jobs, newest first, optionally filtered by state, user, name and array."""
         q = select(Job).order_by(Job.id.desc()).limit(limit)
         if states:
             q = q.where(Job.state.in_(list(states)))
         if user:
             q = q.where(Job.user == user)
+        if name:
+            q = q.where(Job.name == name)
+        if array is not None:
+            q = q.where(Job.array_id == array) if 0 < array <= MAX_ID else q.where(Job.id < 0)
         with self.session() as s:
             return list(s.scalars(q))
 
@@ -447,6 +485,45 @@ def _efficiency(values: dict[str, float]) -> dict[str, float] | None:
         if v >= 1 and v < 1e12:
             stats[name] = v
     return stats
+
+
+def _new_job(spec: dict[str, Any], user: str, now: float) -> dict[str, Any]:
+    """The column values of a new PENDING job."""
+    res = spec.get("resources") or {}
+    return dict(
+        name=spec["name"],
+        user=user,
+        spec=spec,
+        state=JobState.PENDING.value,
+        reason="Scheduling",
+        priority=int(spec.get("priority", 0)),
+        gpus=int(res.get("gpus") or 1),
+        min_gpus=int(res.get("min_gpus") or 1),
+        max_gpus=int(res.get("max_gpus") or 1),
+        allocation={},
+        submit_time=now,
+        start_time=None,
+        run_start=None,
+        end_time=None,
+        attained_service=0.0,
+        run_time=0.0,
+        restarts=0,
+        preemptions=0,
+        resizes=0,
+        attempt=0,
+        exit_code=None,
+        run_ref="",
+        intent="",
+        intent_time=None,
+        accounted_until=None,
+        observations={},
+        last_log="",
+        step=0,
+        progress=None,
+        job_token_hash="",
+        array_id=None,
+        array_index=None,
+    )
 
 
 def dumps(obj: Any) -> str:

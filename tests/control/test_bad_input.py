@@ -230,7 +230,7 @@ def test_concurrent_posts_of_one_user_name_never_answer_500(idle: LiveServer) ->
 def test_a_unique_name_conflict_the_store_cannot_resolve_is_409_naming_the_user(
     idle: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def conflict(name: str, *, admin: bool = False) -> tuple[str, bool]:
+    def conflict(name: str, **_: object) -> tuple[str, bool]:
         raise IntegrityError("INSERT INTO users", {}, Exception("UNIQUE constraint failed: users.name"))
 
     users = count_users(idle)

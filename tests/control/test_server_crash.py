@@ -50,11 +50,12 @@ def start_server(
     return proc
 
 
-def test_server_sigkill_and_restart(tmp_path: Path) -> None:
+def test_server_sigkill_and_restart(tmp_path: Path, db_url: str) -> None:
+    """On SQLite and on PostgreSQL (`db_url`): the restarted server finds the same database."""
     home = tmp_path / "home"
     home.mkdir()
     port = free_port()
-    server = start_server(home, port)
+    server = start_server(home, port, "--db", db_url)
     token = (home / "admin-token").read_text().strip()
     c = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     py = sys.executable
@@ -103,7 +104,7 @@ def test_server_sigkill_and_restart(tmp_path: Path) -> None:
     assert not (home / "jobs" / str(lost) / "attempt-1.exit").exists()
     time.sleep(1)
 
-    server = start_server(home, port)
+    server = start_server(home, port, "--db", db_url)
     try:
         deadline = time.monotonic() + 240
         while any(state(j)["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED") for j in (survives, lost, waits)):

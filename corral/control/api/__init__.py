@@ -1,8 +1,9 @@
 """The HTTP API of the service (FastAPI): one router per resource.
 
     health      GET  /api/v1/health (no token)
-    users       GET  /api/v1/whoami, POST /api/v1/users
-    jobs        /api/v1/jobs: submit, list, describe, cancel, events, metrics
+    users       GET  /api/v1/whoami, POST /api/v1/users, POST /api/v1/users/{name}/revoke
+    accounts    GET /api/v1/users, PATCH /api/v1/users/{name}, /api/v1/groups (admins: limits, shares)
+    jobs        /api/v1/jobs: submit (one, an array, a batch), list, describe, cancel (one, many), events, metrics
     logs        GET  /api/v1/jobs/{id}/logs (through the executor)
     cluster     GET  /api/v1/cluster
     prometheus  GET  /metrics (no token)
@@ -16,7 +17,7 @@ through closures. Errors a client can cause come back as a 4xx with one line in
 
 from fastapi import FastAPI
 
-from corral.control.api import cluster, dashboard, errors, health, jobs, logs, prometheus, users
+from corral.control.api import accounts, cluster, dashboard, errors, health, jobs, logs, prometheus, users
 from corral.control.api.auth import TokenCache
 from corral.control.service import Service
 
@@ -30,6 +31,6 @@ def create_app(service: Service) -> FastAPI:
     app.state.tokens = TokenCache(service.store)
     app.state.registry = prometheus.registry_for(service)
     errors.register(app)
-    for module in (health, users, jobs, logs, cluster, prometheus, dashboard):
+    for module in (health, users, accounts, jobs, logs, cluster, prometheus, dashboard):
         app.include_router(module.router)
     return app

@@ -25,7 +25,8 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 
 async def _user_error(_: Request, exc: UserError) -> JSONResponse:
-    return JSONResponse({"detail": one_line(str(exc))}, status_code=422)
+    # A UserError may carry its own status (403 for a limit, 404 for an unknown user or group, 409 taken).
+    return JSONResponse({"detail": one_line(str(exc))}, status_code=getattr(exc, "status", 422))
 
 
 def register(app: FastAPI) -> None:

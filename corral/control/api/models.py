@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
+from corral.control.arrays import MAX_ARRAY
+from corral.control.spec import JobSpec
+from corral.control.states import JobState
 from corral.control.store import Job, User
 from corral.control.views import model_description
 
 REDACTED = "***"  # what a job's env values read as to anyone but its owner and admins
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400.0  # the longest `expires_in` a token may be given
 
 
 class JobOut(BaseModel):
@@ -43,12 +47,41 @@ class JobOut(BaseModel):
     spec: dict[str, Any] = Field(
         description="The spec as submitted; `env` values are redacted for others than the owner and admins"
     )
+    array_id: int | None = Field(default=None, description="The id of the array's first job, if it is in one")
+    array_index: int | None = None
+    array_size: int | None = Field(default=None, description="At submit: jobs the array made (first shown)")
 
 
 class JobList(BaseModel):
     """Jobs, newest first."""
 
     jobs: list[JobOut]
+
+
+class JobBatch(BaseModel):
+    """Jobs to queue together: all or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_ARRAY)
+
+
+class CancelIn(BaseModel):
+    """Which jobs to cancel: ids, or filters (all given must match); at least one. Others' jobs: admins only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(default_factory=list, max_length=100_000)
+    user: str | None = Field(default=None, min_length=1, max_length=64)
+    state: list[JobState] = Field(default_factory=list)
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    array: int | None = Field(default=None, ge=1, le=2**62)
+
+
+class CancelOut(BaseModel):
+    """The ids of the jobs that were still active and are now cancelled (or being stopped)."""
+
+    cancelled: list[int]
 
 
 class EventOut(BaseModel):
@@ -138,6 +171,8 @@ class UserIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     admin: bool = False
+    # Seconds from now until the new token stops working; None: never (up to ten years).
+    expires_in: FiniteFloat | None = Field(None, gt=0, le=MAX_TOKEN_LIFETIME_S, strict=True)
 
 
 class TokenOut(BaseModel):
@@ -146,6 +181,14 @@ class TokenOut(BaseModel):
     name: str
     token: str
     admin: bool
+    expires: float | None = None  # epoch seconds when the token stops working; None: never
+
+
+class Revoked(BaseModel):
+    """A user whose token was revoked: no token works for them until an admin makes a new one."""
+
+    name: str
+    revoked: bool = True
 
 
 class WhoAmI(BaseModel):
@@ -208,4 +251,6 @@ def job_out(job: Job, viewer: User) -> JobOut:
         model=model_description(job.observations or {}, job.max_gpus),
         last_log=(job.last_log or "") if full else "",
         spec=dict(spec) if full else redacted_spec(spec),
+        array_id=job.array_id,
+        array_index=job.array_index,
     )
