@@ -144,7 +144,9 @@ def group_delete(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `corral user` and `corral group` to `app`."""
+    """Add `corral user` and `corral group` to `app` (once)."""
+    if any(g.name == "user" for g in app.registered_groups):
+        return
     user_app = typer.Typer(help="Users' groups, limits and shares (admins).", no_args_is_help=True)
     user_app.command("list")(user_list)
     user_app.command("set")(user_set)

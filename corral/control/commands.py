@@ -386,34 +386,16 @@ def token_revoke(
 
 def _resolve_workdir(spec: Any, job_file: Path) -> str:
     """The spec's workdir made absolute: relative to the job file's folder; none means the current folder."""
-    if spec.workdir is None:
-        return str(Path.cwd())
-    try:
-        workdir = Path(spec.workdir).expanduser()
-    except RuntimeError:  # ~user of no known user
-        raise UserError(f"{job_file}: workdir: cannot expand {spec.workdir!r}: no such user") from None
-    if not workdir.is_absolute():
-        workdir = job_file.resolve().parent / workdir
-    if not _is(workdir, "dir"):
-        raise UserError(f"{job_file}: workdir: folder not found: {workdir}")
-    return str(workdir.resolve())
+    from corral.control.submit_fast import resolve_workdir  # one rule for the fast path and this command
 
-
-def _is(path: Path, kind: str) -> bool:
-    """`path.is_dir()` / `is_file()`, False where the path cannot even be looked at (a name too long)."""
-    try:
-        return path.is_dir() if kind == "dir" else path.is_file()
-    except OSError:
-        return False
+    return resolve_workdir(spec.workdir, job_file)
 
 
 def _check_script(spec: Any, workdir: str, job_file: Path) -> None:
     """Refuse `python missing.py` before queueing a job that could only fail."""
-    argv = spec.argv()
-    if len(argv) > 1 and Path(argv[0]).name.startswith("python") and argv[1].endswith(".py"):
-        script = Path(workdir) / argv[1]
-        if not _is(script, "file"):
-            raise UserError(f"{job_file}: entrypoint: script not found: {script}")
+    from corral.control.submit_fast import check_script
+
+    check_script(spec.argv(), workdir, job_file)
 
 
 def submit_command(
@@ -783,6 +765,3 @@ def register(app: typer.Typer) -> None:
     app.command("cancel", context_settings=ID_COMMAND)(cancel_command)
     app.command("cluster")(cluster_command)
     app.command("demo")(demo_command)
-    from corral.control import account_commands
-
-    account_commands.register(app)
