@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import os
 import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,133 +11,35 @@ from urllib.parse import quote
 
 import httpx
 
+from corral.control import endpoint
+from corral.control.endpoint import API as API
+from corral.control.endpoint import DEFAULT_SERVER as DEFAULT_SERVER
+from corral.control.endpoint import TIMEOUT as TIMEOUT
+from corral.control.endpoint import bad_server_url
+from corral.control.endpoint import check_token as check_token
+from corral.control.endpoint import client_home as client_home
+from corral.control.endpoint import resolve_ca_cert as resolve_ca_cert
+from corral.control.endpoint import resolve_token as resolve_token
+from corral.control.endpoint import tls_context as tls_context
+from corral.control.endpoint import tls_failure as tls_failure
 from corral.errors import UserError
 
-DEFAULT_SERVER = "http://127.0.0.1:8765"
-API = "/api/v1"
-TIMEOUT = 30.0
 FOLLOW_RETRIES = 5  # reconnects of a followed log after the connection drops
 
 
-def client_home() -> Path:
-    """CORRAL_HOME, else ~/.corral (not created: the client only reads it)."""
-    return Path(os.environ.get("CORRAL_HOME") or Path.home() / ".corral")
-
-
 def resolve_server(server: str | None = None) -> str:
-    """--server, else CORRAL_SERVER, else the default local address; UserError naming the source when the
-    URL is malformed (no host, a port outside 1..65535, not http(s), characters a URL cannot hold)."""
-    source = "--server" if server else "CORRAL_SERVER" if os.environ.get("CORRAL_SERVER") else "the default server"
-    url = (server or os.environ.get("CORRAL_SERVER") or DEFAULT_SERVER).strip()
-    if "://" not in url:
-        url = "http://" + url
-    url = url.rstrip("/")
-    check_server_url(url, source)
-    return url
+    """--server, else CORRAL_SERVER, else the default local address (corral.control.endpoint's rules), checked
+    also as httpx reads URLs; UserError naming the source when the URL is malformed."""
+    return endpoint.resolve_server(server, check=check_server_url)
 
 
 def check_server_url(url: str, source: str = "--server") -> None:
-    """UserError naming `source` unless `url` is an http(s) URL with a host and a valid port."""
-    from urllib.parse import urlsplit
-
-    def bad(why: str) -> UserError:
-        return UserError(f"{source}: {url!r} {why} (expected http://HOST:PORT or https://HOST:PORT)")
-
-    if not url.isprintable() or any(c.isspace() for c in url):
-        raise bad("is not a valid URL: it holds spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        port_error = "port" in str(exc).lower()
-        raise bad(
-            "has a port that is not an integer in 1..65535" if port_error else f"is not a valid URL ({exc})"
-        ) from None
-    if parts.scheme not in ("http", "https"):
-        raise bad("must start with http:// or https://")
-    if not parts.hostname:
-        raise bad("has no host")
-    if port is not None and not 1 <= port <= 65535:
-        raise bad("has a port that is not an integer in 1..65535")
+    """UserError naming `source` unless `url` is an http(s) URL with a host and a valid port that httpx takes."""
+    endpoint.check_server_url(url, source)
     try:
         httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise bad(f"is not a valid URL ({exc})") from None
-
-
-def check_token(token: str, source: str) -> str:
-    """The token, unless it holds characters an HTTP header cannot carry (the token itself is never shown)."""
-    if not token.isascii():
-        raise UserError(f"{source}: the token holds non-ASCII characters; corral tokens are ASCII, copy it again")
-    if not token.isprintable() or any(c.isspace() for c in token):
-        raise UserError(f"{source}: the token holds spaces or control characters; corral tokens have none")
-    return token
-
-
-def resolve_token(token: str | None = None) -> str:
-    """--token, else CORRAL_TOKEN, else the file $CORRAL_HOME/token; UserError naming the three when none is set,
-    or naming the one whose token is malformed."""
-    if token:
-        return check_token(token.strip(), "--token")
-    if os.environ.get("CORRAL_TOKEN", "").strip():
-        return check_token(os.environ["CORRAL_TOKEN"].strip(), "CORRAL_TOKEN")
-    path = client_home() / "token"
-    try:
-        text = path.read_bytes().decode("utf-8-sig").strip()
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: the token file is not UTF-8 text; write the token there again") from None
-    except OSError:
-        text = ""
-    if not text:
-        raise UserError(
-            f"no token: pass --token TOKEN, set CORRAL_TOKEN, or write it to {path} "
-            "(an admin creates one with `corral token create NAME`)"
-        )
-    return check_token(text, str(path))
-
-
-def resolve_ca_cert(ca_cert: str | Path | None = None) -> str | None:
-    """--ca-cert, else CORRAL_CA_CERT, else None (the system store); UserError naming the source when the
-    file cannot be read or holds no PEM certificate."""
-    source = "--ca-cert" if ca_cert else "CORRAL_CA_CERT"
-    path = str(ca_cert or os.environ.get("CORRAL_CA_CERT", "")).strip()
-    if not path:
-        return None
-    tls_context(path, source)
-    return path
-
-
-def tls_context(ca_cert: str | None, source: str = "--ca-cert") -> ssl.SSLContext:
-    """A context that verifies servers against `ca_cert` (a PEM file of CA certificates), else the system
-    store; UserError naming `source` when the file is missing, unreadable or not PEM certificates."""
-    if not ca_cert:
-        return ssl.create_default_context()
-    p = Path(ca_cert).expanduser()
-    if not p.is_file():
-        raise UserError(f"{source}: {ca_cert} is not a file")
-    try:
-        return ssl.create_default_context(cafile=str(p))
-    except ssl.SSLError:  # (an OSError too: first)
-        raise UserError(f"{source}: {ca_cert} holds no PEM certificate") from None
-    except OSError as exc:
-        raise UserError(f"{source}: cannot read {ca_cert} ({exc.strerror or exc})") from None
-
-
-def tls_failure(exc: BaseException) -> str | None:
-    """Why a TLS handshake failed, if `exc` (or what it wraps) is a TLS error; None for any other failure."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError):
-            return f"its certificate is not trusted ({cur.verify_message or cur.reason})"
-        if isinstance(cur, ssl.SSLError):
-            return f"the TLS handshake failed ({cur.reason or cur})"
-        cur = cur.__cause__ or cur.__context__
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text:  # the ssl error's text only (some transports keep no cause)
-        return f"its certificate is not trusted ({text.split('] ', 1)[-1]})"
-    return None
+        raise bad_server_url(url, source, f"is not a valid URL ({exc})") from None
 
 
 class Client:
@@ -178,16 +79,7 @@ class Client:
     # -- plumbing --------------------------------------------------------------
 
     def _unreachable(self, exc: BaseException | None = None) -> UserError:
-        why = tls_failure(exc) if exc is not None else None
-        if why is not None:
-            return UserError(
-                f"cannot connect securely to the corral server at {self.server}: {why}; "
-                "pass --ca-cert FILE or set CORRAL_CA_CERT to the CA that signed its certificate"
-            )
-        return UserError(
-            f"cannot reach the corral server at {self.server}: start it with `corral server` "
-            "or set --server/CORRAL_SERVER"
-        )
+        return endpoint.unreachable_error(self.server, exc)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -348,20 +240,5 @@ class Client:
 
 def _raise_for_status(resp: httpx.Response, server: str) -> None:
     """A 4xx/5xx answer as a UserError carrying the server's one-line detail."""
-    if not resp.is_error:
-        return
-    detail = ""
-    try:
-        body = resp.json()
-        if isinstance(body, dict):
-            detail = body.get("detail", "")
-            if not isinstance(detail, str):  # a validation error list from a non-corral route
-                detail = str(detail)
-    except ValueError:
-        detail = resp.text.strip().splitlines()[0] if resp.text.strip() else ""
-    detail = " ".join(detail.split()) or f"HTTP {resp.status_code} {resp.reason_phrase}"
-    if resp.status_code == 401 and detail == "invalid token":
-        detail = f"invalid token for {server}: check --token, CORRAL_TOKEN or {client_home() / 'token'}"
-    elif resp.status_code >= 500:
-        detail = f"the corral server at {server} failed ({resp.status_code}): {detail}"
-    raise UserError(detail)
+    if resp.is_error:
+        raise UserError(endpoint.error_detail(resp.status_code, resp.content, server))

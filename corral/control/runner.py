@@ -37,4 +37,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The gang has ended and its exit code is written: leave now, even while the launcher's thread is still
+    # importing torch for a store nobody will use (a job shorter than that import), not when it is done.
+    os._exit(code)

@@ -4,6 +4,8 @@ The launcher hosts the rendezvous TCPStore itself, a fresh one per attempt:
 workers connect as clients (TORCHELASTIC_USE_AGENT_STORE=True), so a restarted
 gang never reads the dead gang's keys (see TORCH-NOTES: restarting on the same
 store with stale keys hangs) and rank 0 does not pay for starting a store.
+The workers start first: the launcher imports torch for the store while they
+start (see _Store), so a job's first line does not wait on that import.
 
 With `--servers S` it also starts S parameter servers (`python -m
 corral.runtime.ps.server`, output prefixed `[server k]`) for the `ps` strategy.
@@ -179,33 +181,78 @@ def _describe(returncode: int) -> str:
 
 
 class _Store:
-    """The rendezvous store the launcher hosts for one attempt."""
+    """The rendezvous store the launcher hosts for one attempt.
+
+    The launcher binds the store's listening socket itself (cheap: the port is known and a busy
+    --master-port refused before anything starts), starts the workers, and only then imports torch
+    (about a second) to serve a TCPStore on that socket (`master_listen_fd`). A worker that connects
+    earlier waits in the socket's backlog, so the workers' start never waits on the launcher's import.
+    """
 
     def __init__(self, addr: str, port: int | None, world_size: int) -> None:
-        import datetime as dt
-
-        from torch.distributed import TCPStore
-
+        self.world_size = world_size
         try:
-            self.store = TCPStore(
-                addr,
-                port or 0,
-                world_size,
-                is_master=True,
-                wait_for_workers=False,
-                timeout=dt.timedelta(minutes=10),
-            )
-        except (RuntimeError, OSError) as exc:
+            # Where TCPStore's own server listens: every address, IPv6 and IPv4 alike.
+            if socket.has_dualstack_ipv6():
+                self.sock = socket.create_server(
+                    ("", port or 0), family=socket.AF_INET6, backlog=socket.SOMAXCONN, dualstack_ipv6=True
+                )
+            else:
+                self.sock = socket.create_server(("", port or 0), backlog=socket.SOMAXCONN)
+        except OSError as exc:
             if port:
                 raise UserError(
                     f"port {port} is already in use (or cannot be bound); pick another --master-port "
                     "or leave it out for a free one"
                 ) from exc
             raise
-        self.port = self.store.port
+        self.addr = addr
+        self.port: int = self.sock.getsockname()[1]
+        self.store: Any = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def serve(self) -> None:
+        """Serve the store on the bound socket (imports torch); `error` keeps why it failed."""
+        import datetime as dt
+
+        try:
+            from torch.distributed import TCPStore
+
+            with self._lock:
+                if self._closed:  # the attempt ended while torch was being imported
+                    return
+                self.store = TCPStore(
+                    self.addr,
+                    self.port,
+                    self.world_size,
+                    is_master=True,
+                    wait_for_workers=False,
+                    timeout=dt.timedelta(minutes=10),
+                    master_listen_fd=self.sock.fileno(),
+                )
+                self.sock.detach()  # the store owns (and closes) the socket now
+        except BaseException as exc:
+            self.error = exc
+
+    def serve_in_background(self) -> None:
+        """`serve` on a thread, so the launcher watches the workers it already started meanwhile.
+
+        Not a daemon: an interpreter never exits in the middle of importing torch (the service's runner,
+        done, leaves with os._exit rather than wait for an import nobody needs any more)."""
+        threading.Thread(target=self.serve, name="corral-store").start()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def close(self) -> None:
-        del self.store
+        """Stop serving and free the port at once, also while `serve` is still importing torch."""
+        with self._lock:
+            self._closed = True
+            self.store = None
+            self.sock.close()  # a no-op once the store owns it
 
 
 class _Gang:
@@ -437,7 +484,9 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
                 if cfg.node_rank == 0:
                     store = _Store(cfg.master_addr, None if group else cfg.master_port, world + cfg.servers)
                     port = store.port
-                    if group:
+                    if group:  # torch is imported already (the control store): serve before announcing
+                        store.serve()
+                        store.raise_if_failed()
                         group.announce(attempt, port)
                 else:
                     assert group is not None
@@ -454,8 +503,10 @@ def launch(cfg: LaunchConfig, *, out: IO[bytes] | None = None, err: IO[bytes] | 
                     if store is not None:
                         store.close()
                     raise
+                if store is not None and store.store is None:
+                    store.serve_in_background()  # the workers start meanwhile; they wait for it to connect
                 try:
-                    outcome = _watch(gang, cfg, signals, say, group, attempt)
+                    outcome = _watch(gang, cfg, signals, say, group, attempt, store)
                 finally:
                     if gang.alive():
                         gang.stop(cfg.grace_period)
@@ -500,12 +551,20 @@ def _failure(gang: _Gang, index: int, code: int, state: str = FAILED) -> LaunchR
 
 
 def _watch(
-    gang: _Gang, cfg: LaunchConfig, signals: _Signals, say: Any, group: NodeGroup | None = None, attempt: int = 0
+    gang: _Gang,
+    cfg: LaunchConfig,
+    signals: _Signals,
+    say: Any,
+    group: NodeGroup | None = None,
+    attempt: int = 0,
+    store: _Store | None = None,
 ) -> LaunchResult:
     """Wait for the gang to end; stop it as soon as one process fails (here, or on another node)."""
     forwarded = 0
     next_poll = 0.0
     while True:
+        if store is not None:
+            store.raise_if_failed()  # the gang is stopped on the way out (launch's finally)
         if group is not None and time.monotonic() >= next_poll:
             next_poll = time.monotonic() + POLL_S
             other = group.failure(attempt)

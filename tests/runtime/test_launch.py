@@ -123,3 +123,44 @@ def test_bad_job_options_one_line_exit_2(tmp_path, trainer, flag, value, message
     worker_lines = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if line.startswith("[rank")]
     assert worker_lines == [f"[rank 0] error: {message}" + worker_lines[0].split(message, 1)[1]]
     assert not list(tmp_path.glob("samples-*"))  # nothing trained
+
+
+def test_workers_start_before_the_launcher_serves_the_store_and_still_rendezvous(tmp_path) -> None:
+    """The launcher's torch import (for the store) does not delay the job's first line: here the store is
+    served only once a worker has printed, and the workers, which connected early, still form their group."""
+    import io
+    import threading
+
+    from corral.runtime import launch as launch_mod
+
+    worker = tmp_path / "early.py"
+    worker.write_text(
+        "print('up', flush=True)\n"
+        "import torch, torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\n"
+        "t = torch.ones(1)\n"
+        "dist.all_reduce(t)\n"
+        "print(f'sum={t.item():g}', flush=True)\n"
+        "dist.destroy_process_group()\n"  # without it gloo may abort at exit, launcher or not
+    )
+    first_line = threading.Event()
+    real_serve = launch_mod._Store.serve
+
+    def serve(store: launch_mod._Store) -> None:
+        assert first_line.wait(60), "no worker printed before the store was served"
+        real_serve(store)
+
+    class Out(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            if b"] up" in data:
+                first_line.set()
+            return super().write(data)
+
+    out = Out()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(launch_mod._Store, "serve", serve)
+        cfg = launch_mod.LaunchConfig(script=str(worker), nproc=2, extra_env={"OMP_NUM_THREADS": "1"})
+        result = launch_mod.launch(cfg, out=out, err=io.BytesIO())
+    assert (result.state, result.exit_code) == ("succeeded", 0)
+    text = out.getvalue().decode()
+    assert "[rank 0] sum=2" in text and "[rank 1] sum=2" in text
