@@ -95,12 +95,9 @@ class Scheduler:
                 job = s.get(Job, job_id)
                 if job is None or JobState(job.state).is_terminal:
                     return job.state if job else ""
-                if job.state != JobState.RUNNING.value:  # PENDING, or RESTARTING between two runs
-                    self._finish(s, job, JobState.CANCELLED, "cancelled by user", now)
-                    return job.state
-                self._intend(job, CANCEL, now)
-                handle, state = _handle(job), job.state
-            self.executor.stop(handle, self.grace)
+                handle, state = self._cancel_one(s, job, now), job.state
+            if handle is not None:
+                self.executor.stop(handle, self.grace)
             return state
 
     def cancel_many(self, job_ids: list[int]) -> list[int]:
@@ -109,7 +106,7 @@ class Scheduler:
         Returns the ids that were still active. One lock and one commit for all (cancelling 1,000
         queued jobs one request at a time took 9.4 s).
         """
-        stops: list[tuple[RunHandle, float]] = []
+        stops: list[RunHandle] = []
         done: list[int] = []
         with self.lock:
             now = self.clock()
@@ -118,14 +115,20 @@ class Scheduler:
                     ids = job_ids[chunk : chunk + 500]
                     for job in s.scalars(select(Job).where(Job.id.in_(ids), Job.state.in_(ACTIVE))):
                         done.append(job.id)
-                        if job.state != JobState.RUNNING.value:
-                            self._finish(s, job, JobState.CANCELLED, "cancelled by user", now)
-                        else:
-                            self._intend(job, CANCEL, now)
-                            stops.append((_handle(job), self.grace))
-            for handle, grace in stops:
-                self.executor.stop(handle, grace)
+                        handle = self._cancel_one(s, job, now)
+                        if handle is not None:
+                            stops.append(handle)
+            for handle in stops:
+                self.executor.stop(handle, self.grace)
         return sorted(done)
+
+    def _cancel_one(self, s: Session, job: Job, now: float) -> RunHandle | None:
+        """Cancel an active job in `s`: at once when no run of it is alive, else its run to stop (after commit)."""
+        if job.state != JobState.RUNNING.value:  # PENDING, or RESTARTING between two runs
+            self._finish(s, job, JobState.CANCELLED, "cancelled by user", now)
+            return None
+        self._intend(job, CANCEL, now)
+        return _handle(job)
 
     # -- recovery ------------------------------------------------------------
 
@@ -203,8 +206,8 @@ class Scheduler:
         for handle, grace in stops:
             self.executor.stop(handle, grace)
         cluster = self.executor.cluster()
-        self._blocked = self._dependencies(now)
-        views, current, busy = self._views([j for j in active if j.id not in self._blocked])
+        self._blocked, cancelled = self._dependencies(active, now)
+        views, current, busy = self._views([j for j in active if j.id not in self._blocked | cancelled])
         try:
             decision = self._policy().schedule(now, views, cluster)
             validate(decision, views, cluster)
@@ -229,17 +232,20 @@ class Scheduler:
             )
         return WithQuotas(self.policy, accounts.quotas(self.store))
 
-    def _dependencies(self, now: float) -> set[int]:
-        """Ids of waiting jobs whose dependencies have not ended yet; those that can never run are cancelled."""
+    def _dependencies(self, active: list[Job], now: float) -> tuple[set[int], set[int]]:
+        """(ids of waiting jobs whose dependencies have not ended yet, ids of those cancelled now because
+        their dependencies can never be satisfied): neither is shown to the policy this round."""
         blocked: set[int] = set()
+        cancelled: set[int] = set()
+        candidates = [
+            j.id
+            for j in active
+            if j.state == JobState.PENDING.value and j.attempt == 0 and (j.spec or {}).get("depends_on")
+        ]
+        if not candidates:  # the common round: no extra query
+            return blocked, cancelled
         with self._tx() as s:
-            waiting = [
-                j
-                for j in s.scalars(select(Job).where(Job.state == JobState.PENDING.value, Job.attempt == 0))
-                if (j.spec or {}).get("depends_on")
-            ]
-            if not waiting:
-                return blocked
+            waiting = list(s.scalars(select(Job).where(Job.id.in_(candidates), Job.state == JobState.PENDING.value)))
             ids = {int(d) for j in waiting for d in j.spec["depends_on"]}
             states = {i: st for i, st in s.execute(select(Job.id, Job.state).where(Job.id.in_(ids)))}
             for job in waiting:
@@ -252,10 +258,11 @@ class Scheduler:
                         s, job, JobState.CANCELLED, f"dependency never satisfied (after {after}): {', '.join(bad)}", now
                     )
                     job.reason = "DependencyNeverSatisfied"
+                    cancelled.add(job.id)
                 elif status == Dependency.WAITING:
                     blocked.add(job.id)
                     job.reason = "Dependency"
-        return blocked
+        return blocked, cancelled
 
     def _collect(self, now: float) -> None:
         """Record every run that ended; the executor forgets one only after its end is committed."""

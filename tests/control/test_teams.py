@@ -269,3 +269,16 @@ def test_a_job_waiting_for_a_dependency_holds_no_devices_and_blocks_no_one(tmp_p
     other = loop.submit("other", 1)
     loop.round()
     assert loop.job(waiting).state == "PENDING" and loop.job(other).state == "RUNNING"
+
+
+def test_a_job_cancelled_for_its_dependency_is_not_shown_to_the_policy_in_that_round(tmp_path: Path) -> None:
+    loop = make_loop(tmp_path, devices=4, policy="fifo")
+    a = loop.submit("a", 4)
+    dep = loop.submit("dep", 1, depends_on=[a])
+    late = loop.submit("late", 4)
+    loop.round()
+    assert loop.job(a).state == "RUNNING" and loop.job(late).state == "PENDING"
+    loop.executor.finish(a, exit_code=1)
+    loop.round(1)
+    # `dep` is CANCELLED this round; had fifo still seen it, it would have put it ahead of `late`.
+    assert loop.job(dep).state == "CANCELLED" and loop.job(late).state == "RUNNING"
