@@ -18,7 +18,6 @@ from corral.sched.quotas import Quotas
 QUEUED = ("PENDING", "RESTARTING")  # a job "queued" for max_queued: waiting for devices
 LIMITS = ("max_devices", "max_queued", "max_priority")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-NO_GROUP = ""  # `group: ""` takes a user out of their group
 
 
 class LimitExceeded(UserError):
@@ -33,14 +32,10 @@ class NotFound(UserError):
     status = 404
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Limits of a user or a group (None: no limit) and its fair-share weight."""
+class GroupExists(UserError):
+    """A group of that name exists (HTTP 409)."""
 
-    max_devices: int | None = None
-    max_queued: int | None = None
-    max_priority: int | None = None
-    share: float = 1.0
+    status = 409
 
 
 def _apply(row: User | Group, changes: Mapping[str, Any]) -> None:
@@ -80,12 +75,6 @@ def create_group(store: Store, name: str, changes: Mapping[str, Any]) -> Group:
         raise GroupExists(f"name: group {name!r} exists (change it with corral group set)") from None
 
 
-class GroupExists(UserError):
-    """A group of that name exists (HTTP 409)."""
-
-    status = 409
-
-
 def set_group(store: Store, name: str, changes: Mapping[str, Any]) -> Group:
     """Change a group's limits or share; NotFound if unknown."""
     with store.session() as s:
@@ -120,28 +109,37 @@ def groups(store: Store) -> list[Group]:
         return list(s.scalars(select(Group).order_by(Group.name)))
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What the scheduler reads of the accounts each round: device quotas and fair shares."""
+
+    quotas: Quotas
+    shares: dict[str, float]  # user -> share
+    groups: dict[str, str]  # user -> group
+    group_shares: dict[str, float]  # group -> share, for groups that have members
+
+
+def snapshot(store: Store) -> Snapshot:
+    """Every user's and group's quota and share, read in one transaction."""
+    with store.session() as s:
+        rows = list(s.execute(select(User.name, User.group_name, User.max_devices, User.share)))
+        grows = list(s.execute(select(Group.name, Group.max_devices, Group.share)))
+    group_of = {name: group for name, group, _, _ in rows if group}
+    return Snapshot(
+        quotas=Quotas(
+            users={name: int(cap) for name, _, cap, _ in rows if cap is not None},
+            groups={name: int(cap) for name, cap, _ in grows if cap is not None},
+            group_of=group_of,
+        ),
+        shares={name: float(share) for name, _, _, share in rows},
+        groups=group_of,
+        group_shares={name: float(share) for name, _, share in grows if name in set(group_of.values())},
+    )
+
+
 def quotas(store: Store) -> Quotas:
     """The device quotas of every user and group that has one, and each user's group."""
-    with store.session() as s:
-        rows = list(s.execute(select(User.name, User.group_name, User.max_devices)))
-        grows = list(s.execute(select(Group.name, Group.max_devices)))
-    return Quotas(
-        users={name: int(cap) for name, _, cap in rows if cap is not None},
-        groups={name: int(cap) for name, cap in grows if cap is not None},
-        group_of={name: group for name, group, _ in rows if group},
-    )
-
-
-def shares(store: Store) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
-    """(user -> share, user -> group, group -> share) for a fair-share policy."""
-    with store.session() as s:
-        rows = list(s.execute(select(User.name, User.group_name, User.share)))
-        grows = list(s.execute(select(Group.name, Group.share)))
-    return (
-        {name: float(share) for name, _, share in rows},
-        {name: group for name, group, _ in rows if group},
-        {name: float(share) for name, share in grows},
-    )
+    return snapshot(store).quotas
 
 
 def check_submit(store: Store, user: str, priority: int, count: int = 1) -> None:
@@ -150,14 +148,15 @@ def check_submit(store: Store, user: str, priority: int, count: int = 1) -> None
         row = s.scalar(select(User).where(User.name == user))
         if row is None:
             return
+        scopes: list[tuple[str, User | Group]] = [(f"user {user}", row)]
         group = s.scalar(select(Group).where(Group.name == row.group_name)) if row.group_name else None
-        for who, limits in ((f"user {user}", row), (f"group {group.name}", group) if group else (None, None)):
-            if limits is None or who is None:
-                continue
+        if group is not None:
+            scopes.append((f"group {group.name}", group))
+        for who, limits in scopes:
             if limits.max_priority is not None and priority > limits.max_priority:
                 raise LimitExceeded(f"priority: {priority} is above the max_priority {limits.max_priority} of {who}")
             if limits.max_queued is not None:
-                members = [user] if who.startswith("user") else _members(s, limits.name)
+                members = [user] if limits is row else _members(s, limits.name)
                 queued = s.scalar(select(func.count(Job.id)).where(Job.user.in_(members), Job.state.in_(QUEUED))) or 0
                 if queued + count > limits.max_queued:
                     raise LimitExceeded(

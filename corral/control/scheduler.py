@@ -223,14 +223,12 @@ class Scheduler:
 
     def _policy(self) -> Policy:
         """The policy for this round: the users' and groups' shares from the store, their quotas around it."""
-        tree = getattr(self.policy, "tree", None)
-        if isinstance(tree, ShareTree):  # a fair-share policy (fairshare, priority with fairshare=W)
-            shares, groups, group_shares = accounts.shares(self.store)
-            members = set(groups.values())
+        snap = accounts.snapshot(self.store)
+        if isinstance(getattr(self.policy, "tree", None), ShareTree):  # fairshare, or priority with fairshare=W
             self.policy.tree = ShareTree.of(  # type: ignore[attr-defined]
-                self.policy.name, shares, groups, {g: v for g, v in group_shares.items() if g in members}
+                self.policy.name, snap.shares, snap.groups, snap.group_shares
             )
-        return WithQuotas(self.policy, accounts.quotas(self.store))
+        return WithQuotas(self.policy, snap.quotas)
 
     def _dependencies(self, active: list[Job], now: float) -> tuple[set[int], set[int]]:
         """(ids of waiting jobs whose dependencies have not ended yet, ids of those cancelled now because

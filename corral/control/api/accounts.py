@@ -70,24 +70,10 @@ def _admin(user: Any) -> None:
 
 
 def _out(row: User | Group) -> AccountOut:
+    common = {k: getattr(row, k) for k in ("name", "max_devices", "max_queued", "max_priority", "share")}
     if isinstance(row, User):
-        return AccountOut(
-            name=row.name,
-            group=row.group_name,
-            admin=row.is_admin,
-            max_devices=row.max_devices,
-            max_queued=row.max_queued,
-            max_priority=row.max_priority,
-            share=row.share,
-            token_expires=row.token_expires,
-        )
-    return AccountOut(
-        name=row.name,
-        max_devices=row.max_devices,
-        max_queued=row.max_queued,
-        max_priority=row.max_priority,
-        share=row.share,
-    )
+        return AccountOut(**common, group=row.group_name, admin=row.is_admin, token_expires=row.token_expires)
+    return AccountOut(**common)
 
 
 @router.get("/users", response_model=AccountList)
