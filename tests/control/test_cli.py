@@ -103,7 +103,7 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp
     if not any(c.name == "server" for c in corral.cli.app.registered_commands):
         corral.cli._register()
     monkeypatch.setattr(corral.cli, "_register", lambda: None)
-    for var in ("CORRAL_SERVER", "CORRAL_TOKEN", "CORRAL_DB", "COLUMNS"):
+    for var in ("CORRAL_SERVER", "CORRAL_TOKEN", "CORRAL_DB", "CORRAL_CA_CERT", "COLUMNS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "cli-home"))
     capsys.readouterr()

@@ -20,53 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.cli import main
 from corral.control.server import free_port
 from corral.control.service import Service, ServiceConfig
 from tests.conftest import ROOT, corral_cmd
+from tests.control import test_cli as shared
 from tests.control.conftest import LiveServer
+from tests.control.test_cli import Result, refused
 
 API = "/api/v1"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def refused(r: Result, *fragments: str) -> str:
-    """Exit code 2 and exactly one `error:` line holding `fragments`; return the line."""
-    lines = r.err.strip().splitlines()
-    assert r.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (r.code, r.err)
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Result]:
-    """Run `corral ARGS` in this process with extra environment (no server, token or CA unless given)."""
-    import corral.cli
-
-    if not any(c.name == "server" for c in corral.cli.app.registered_commands):
-        corral.cli._register()
-    monkeypatch.setattr(corral.cli, "_register", lambda: None)
-    for var in ("CORRAL_SERVER", "CORRAL_TOKEN", "CORRAL_DB", "CORRAL_CA_CERT", "COLUMNS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "cli-home"))
-    capsys.readouterr()
-
-    def run(*args: str, env: dict[str, str] | None = None) -> Result:
-        with monkeypatch.context() as m:
-            for k, v in (env or {}).items():
-                m.setenv(k, v)
-            code = main(list(args))
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
+cli = shared.cli  # the CLI in this process (a fixture); it clears CORRAL_CA_CERT too
 
 
 @pytest.fixture
